@@ -1,0 +1,1 @@
+"""taas HTTP service."""

@@ -1,0 +1,83 @@
+"""All settings, from the environment (prefix TAAS_) or a .env file; nothing else reads os.environ."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TAAS_", env_file=".env", extra="ignore")
+
+    # Where the embedded mode keeps everything (SQLite file, artifacts, data, Redis dump).
+    state_dir: Path = Path(".taas")
+    # Empty means "derive from state_dir" (see _derive_paths).
+    database_url: str = ""
+    artifacts_dir: Path | None = None
+    data_root: Path | None = None
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # Datasets: torchvision may fetch them from the internet only when this is true.
+    data_download: bool = False
+    # "memory" decodes the dataset once into a tensor on the training device; "loader" uses a
+    # DataLoader; "auto" picks memory when the decoded dataset fits in data_memory_budget_mb.
+    data_mode: Literal["auto", "memory", "loader"] = "auto"
+    data_memory_budget_mb: int = Field(default=4096, ge=0)
+    data_num_workers: int = Field(default=0, ge=0, le=64)
+
+    owner: str = "local"
+
+    # Worker: a lease the worker renews every heartbeat_seconds; an expired lease lets another claim.
+    lease_seconds: int = Field(default=60, ge=5)
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    worker_queue: str = "cpu"
+    # Loss reporting: a chunk is handed over after this many batches or seconds, whichever is first.
+    loss_flush_batches: int = Field(default=64, ge=1)
+    loss_flush_seconds: float = Field(default=0.2, gt=0)
+    stop_check_batches: int = Field(default=8, ge=1)
+    loss_stream_maxlen: int = Field(default=200_000, ge=1000)
+
+    # Predict
+    predict_max_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    predict_max_files: int = Field(default=64, ge=1)
+    predict_cache_size: int = Field(default=8, ge=1)
+    # Larger images are refused before decoding (a small PNG can decode to gigabytes).
+    predict_max_pixels: int = Field(default=4096 * 4096, ge=1)
+
+    # Job queues: "cuda*" devices go to "gpu", "cpu"/"mps" to "cpu", device "auto" to default_queue.
+    # queue_prefix is prepended to every queue name, the worker's too (app.queue.queue_name); tests use
+    # a throwaway one so their messages never reach a real worker.
+    default_queue: Literal["cpu", "gpu"] = "cpu"
+    queue_prefix: str = ""
+    # Socket timeouts for the API's Redis clients (loss streams, cancel flags, the Celery producer).
+    redis_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    # Listing
+    page_size_max: int = Field(default=500, ge=1)
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> "Settings":
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.state_dir / 'taas.db').resolve()}"
+        if self.artifacts_dir is None:
+            self.artifacts_dir = self.state_dir / "artifacts"
+        if self.data_root is None:
+            self.data_root = self.state_dir / "data"
+        return self
+
+    @property
+    def artifacts_path(self) -> Path:
+        assert self.artifacts_dir is not None
+        return self.artifacts_dir
+
+    @property
+    def data_path(self) -> Path:
+        assert self.data_root is not None
+        return self.data_root
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

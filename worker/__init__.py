@@ -1,0 +1,1 @@
+"""Training side: the engine (a plain library) and the Celery tasks that wrap it."""

@@ -1,0 +1,66 @@
+"""Resumable checkpoints and safetensors weights, written atomically; loading never unpickles objects."""
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.safetensors"
+LAST = "last.safetensors"
+
+
+def _atomic(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    _atomic(path, lambda p: save_file(tensors, str(p)))
+
+
+def load_weights(model: nn.Module, path: Path) -> nn.Module:
+    model.load_state_dict(load_file(str(path)))
+    return model
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every RNG the run touches, as tensors and plain values (loadable with weights_only=True)."""
+    version, mt, gauss = random.getstate()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state())
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "shuffle": generator.get_state(),
+        "python": [version, list(mt), gauss],
+        "numpy": [np_state[0], torch.from_numpy(np.asarray(np_state[1]).astype(np.int64)),
+                  *[float(v) if isinstance(v, float) else int(v) for v in np_state[2:]]],
+    }
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator.set_state(state["shuffle"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    _atomic(path, lambda p: torch.save(state, p))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    return state

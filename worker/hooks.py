@@ -1,0 +1,57 @@
+"""How the engine reports to whoever runs it (the Celery task, a test, a benchmark). No I/O here."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class LossChunk:
+    """Consecutive per-batch losses of one epoch, handed over together (one device sync per chunk)."""
+
+    first_step: int  # global step of losses[0]; steps count from 0 over the whole job
+    epoch: int  # 1-based
+    first_batch: int  # batch index of losses[0] within its epoch, from 0
+    losses: list[float]
+    times: list[float]  # unix seconds at which each batch's step finished on the host
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int
+    train_loss: float  # mean of the epoch's per-batch losses
+    test_loss: float  # the tutorial's test_loop: mean of per-batch mean losses
+    test_accuracy: float  # fraction in [0, 1]
+    val_loss: float | None
+    val_accuracy: float | None
+    lr: float  # learning rate at the end of the epoch
+    seconds: float  # wall time of train + evaluation of this epoch
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    device: str
+    epochs: int
+    steps_per_epoch: int
+    start_epoch: int  # 1 for a fresh run, k + 1 when resumed from the epoch-k checkpoint
+    start_step: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+class Hooks:
+    """Override what you need. Called on the training thread: keep them cheap, hand I/O to a thread."""
+
+    def on_start(self, info: RunInfo) -> None:
+        """Before the first batch (after a resume was applied)."""
+
+    def on_losses(self, chunk: LossChunk) -> None:
+        """A chunk of per-batch losses, in step order, each step exactly once per run."""
+
+    def on_epoch(self, metrics: EpochMetrics, checkpoint_dir: Path) -> None:
+        """After the epoch's checkpoint and weights were written."""
+
+    def should_stop(self) -> bool:
+        """Polled every few batches; True ends the run after the current batch, without a checkpoint."""
+        return False
