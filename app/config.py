@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(default=60, ge=5)
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     worker_queue: str = "cpu"
+    # How often a running job looks for a cancel request (a Redis key; the DB flag on each heartbeat).
+    cancel_poll_seconds: float = Field(default=0.2, gt=0)
+    # How often each worker requeues jobs whose lease expired (their worker died), and at its start.
+    reap_interval_seconds: float = Field(default=30.0, gt=0)
     # Loss reporting: a chunk is handed over after this many batches or seconds, whichever is first.
     loss_flush_batches: int = Field(default=64, ge=1)
     loss_flush_seconds: float = Field(default=0.2, gt=0)

@@ -1,0 +1,41 @@
+"""Domain errors raised by service code; app/main.py maps each to one HTTP status in one table."""
+
+
+class DomainError(Exception):
+    """An error whose message is meant for the person who made the request."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFound(DomainError):
+    """No such resource for this owner (another owner's resources are not found either)."""
+
+
+class Conflict(DomainError):
+    """The resource is in a state that does not allow the request (e.g. cancelling a finished job)."""
+
+
+class InvalidSpec(DomainError):
+    """A request body or parameter that passed parsing but breaks a rule."""
+
+
+class BadCursor(DomainError):
+    """A pagination cursor that this API did not hand out."""
+
+
+class PayloadTooLarge(DomainError):
+    """Too many bytes, files or pixels in one request."""
+
+
+class UnsupportedMedia(DomainError):
+    """An upload that is not in a format we can read (e.g. not an image)."""
+
+
+class BadImage(DomainError):
+    """An upload in a known format whose content is broken (e.g. a truncated PNG)."""
+
+
+class Unavailable(DomainError):
+    """A backing service (database, Redis, the job queue) cannot be reached right now."""

@@ -1,0 +1,189 @@
+"""Job service functions: keyword-only, scoped by owner, raising domain errors (never HTTP ones)."""
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import redis
+from redis.exceptions import RedisError
+from sqlalchemy import CursorResult, Delete, Update, and_, delete, or_, select, update
+from sqlalchemy.orm import Session
+
+from app import cursors
+from app.config import Settings
+from app.errors import Conflict, NotFound, Unavailable
+from app.loss_stream import LossRecord, LossStream, cancel_key
+from app.queue import enqueue_training, queue_for_device
+from app.spec import JobSpec
+from app.tables import TERMINAL, EpochMetric, Job, JobStatus, LossPoint, utcnow
+
+log = logging.getLogger(__name__)
+
+# The expiry only bounds a flag nobody consumed (the job ended before the worker looked).
+CANCEL_FLAG_SECONDS = 7 * 24 * 3600
+WEIGHT_FILES = {"best": "best.safetensors", "last": "last.safetensors"}
+
+
+def _rowcount(session: Session, statement: Update | Delete) -> int:
+    result = session.execute(statement)
+    assert isinstance(result, CursorResult)
+    return result.rowcount
+
+
+def create_job(*, session: Session, owner: str, spec: JobSpec, settings: Settings) -> Job:
+    """Insert the job (queued), commit, then enqueue it; if the queue is down the job ends failed."""
+    job = Job(
+        owner=owner, name=spec.name, status=JobStatus.queued, spec=spec.model_dump(mode="json"),
+        queue=queue_for_device(spec.device, settings), max_attempts=spec.max_attempts,
+    )
+    session.add(job)
+    # Commit before enqueueing: a worker that gets the message must find the row.
+    session.commit()
+    try:
+        enqueue_training(job.id, job.queue)
+    except Unavailable as e:
+        _rowcount(session, update(Job).where(Job.id == job.id, Job.status == JobStatus.queued).values(
+            status=JobStatus.failed, error=f"never started: {e.detail}", finished_at=utcnow()))
+        session.commit()
+        raise Unavailable(
+            f"{e.detail}. Job {job.id} was recorded as failed; submit it again when the queue is back"
+        ) from e
+    return job
+
+
+def get_job(*, session: Session, owner: str, job_id: str) -> Job:
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.owner == owner))
+    if job is None:
+        raise NotFound(f"no job {job_id!r}")
+    return job
+
+
+def list_jobs(
+    *, session: Session, owner: str, status: JobStatus | None, limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
+    """One page of the owner's jobs, newest first, and the cursor of the next page (None at the end)."""
+    query = select(Job).where(Job.owner == owner)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if cursor:
+        created_at, job_id = cursors.decode_job(cursor)
+        query = query.where(or_(Job.created_at < created_at,
+                                and_(Job.created_at == created_at, Job.id < job_id)))
+    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    if len(rows) <= limit:
+        return rows, None
+    last = rows[limit - 1]
+    return rows[:limit], cursors.encode_job(last.created_at, last.id)
+
+
+def live_steps(*, client: redis.Redis, job: Job) -> int | None:
+    """Steps done according to the loss stream (ahead of the DB, which the worker updates per epoch)."""
+    if job.status != JobStatus.running:
+        return None
+    try:
+        last = LossStream(client).last_step(job.id)
+    except RedisError:
+        return None
+    return None if last is None else last + 1
+
+
+def cancel_job(*, session: Session, client: redis.Redis, owner: str, job_id: str) -> Job:
+    """Queued: cancelled now. Running: flag it (DB + Redis); the worker stops within a few batches."""
+    job = get_job(session=session, owner=owner, job_id=job_id)
+    if job.status == JobStatus.queued:
+        done = _rowcount(session, update(Job).where(Job.id == job.id, Job.status == JobStatus.queued).values(
+            status=JobStatus.cancelled, cancel_requested=True, finished_at=utcnow()))
+        session.commit()
+        session.refresh(job)
+        if done:
+            return job
+        # A worker claimed it between our read and our update: cancel it as a running job.
+    if job.status == JobStatus.running:
+        _rowcount(session, update(Job).where(Job.id == job.id).values(cancel_requested=True))
+        session.commit()
+        try:
+            client.set(cancel_key(job.id), "1", ex=CANCEL_FLAG_SECONDS)
+        except RedisError as e:
+            # The DB flag is the record; the worker's heartbeat sees it even without the Redis key.
+            log.warning("cancel flag for job %s not set in Redis: %s", job.id, e)
+        session.refresh(job)
+        return job
+    raise Conflict(f"job {job.id} is already {job.status}: only queued or running jobs can be cancelled")
+
+
+def delete_job(*, session: Session, client: redis.Redis, owner: str, job_id: str, artifacts: Path) -> None:
+    """Delete a job that is not running, with its metrics, losses, loss stream and artifact folder."""
+    job = get_job(session=session, owner=owner, job_id=job_id)
+    if job.status == JobStatus.running:
+        raise Conflict(f"job {job.id} is running: cancel it first (POST /jobs/{job.id}/cancel), then delete it")
+    deleted = _rowcount(session, delete(Job).where(Job.id == job.id, Job.status != JobStatus.running)
+                        .execution_options(synchronize_session=False))
+    session.commit()
+    session.expunge(job)
+    if not deleted:
+        # Claimed (or deleted) between our read and our delete.
+        get_job(session=session, owner=owner, job_id=job.id)
+        raise Conflict(f"job {job.id} started running: cancel it first, then delete it")
+    try:
+        LossStream(client).delete(job.id)
+    except RedisError as e:
+        log.warning("loss stream of deleted job %s left in Redis: %s", job.id, e)
+    shutil.rmtree(artifacts / job.id, ignore_errors=True)
+
+
+def read_losses(
+    *, session: Session, client: redis.Redis | None, job_id: str, after: int, limit: int
+) -> list[LossRecord]:
+    """Up to `limit` losses with step > after, without gaps: the DB prefix first, then the Redis tail."""
+    rows = session.scalars(
+        select(LossPoint).where(LossPoint.job_id == job_id, LossPoint.step > after)
+        .order_by(LossPoint.step).limit(limit)
+    )
+    records = [LossRecord(r.step, r.epoch, r.batch, r.loss, r.t) for r in rows]
+    if len(records) == limit or client is None:
+        return records
+    last = records[-1].step if records else after
+    try:
+        tail = LossStream(client).read(job_id, after=last, limit=limit - len(records))
+    except RedisError as e:
+        log.warning("loss stream of job %s unreadable, answering from the DB: %s", job_id, e)
+        return records
+    # The stream may be trimmed past what the DB holds yet: stop at a gap rather than skip steps,
+    # since the client moves its cursor past whatever we return.
+    for record in tail:
+        if record.step != last + 1:
+            break
+        records.append(record)
+        last = record.step
+    return records
+
+
+def epoch_metrics(*, session: Session, job_id: str) -> list[EpochMetric]:
+    return list(session.scalars(
+        select(EpochMetric).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch)))
+
+
+def weights_file(*, job: Job, which: Literal["best", "last"], artifacts: Path) -> Path:
+    """The job's safetensors state_dict; NotFound until the worker wrote it."""
+    path = artifacts / job.id / WEIGHT_FILES[which]
+    if not path.is_file():
+        raise NotFound(
+            f"job {job.id} has no {which} weights yet (status {job.status}): they are written at the end "
+            "of each epoch"
+        )
+    return path
+
+
+def succeeded_job(*, session: Session, owner: str, job_id: str) -> Job:
+    """The job, if it succeeded (predictions need finished weights)."""
+    job = get_job(session=session, owner=owner, job_id=job_id)
+    if job.status != JobStatus.succeeded:
+        hint = "wait until it succeeds" if job.status not in TERMINAL else "train it again"
+        raise Conflict(f"job {job.id} is {job.status}, not succeeded: {hint} before predicting with it")
+    return job
+
+
+def job_spec(job: Job) -> JobSpec:
+    spec: dict[str, Any] = job.spec
+    return JobSpec.model_validate(spec)

@@ -1,0 +1,82 @@
+"""The FastAPI application: routers, the domain-error table, and the lifespan of shared clients."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import OperationalError
+
+from app import errors
+from app.body_limit import BodyLimit
+from app.config import get_settings
+from app.db import get_engine
+from app.predictor import Predictor
+from app.queue import close_client
+from app.routes import catalog, health, jobs, predict
+
+# The one place where domain errors become HTTP statuses.
+ERROR_STATUS: dict[type[errors.DomainError], int] = {
+    errors.BadCursor: 400,
+    errors.BadImage: 400,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.PayloadTooLarge: 413,
+    errors.UnsupportedMedia: 415,
+    errors.InvalidSpec: 422,
+    errors.Unavailable: 503,
+}
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, errors.DomainError)
+    return JSONResponse({"detail": exc.detail}, status_code=ERROR_STATUS[type(exc)])
+
+
+async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": "the database is unreachable; try again shortly"}, status_code=503)
+
+
+async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": "Redis is unreachable; try again shortly"}, status_code=503)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    timeout = settings.redis_timeout_seconds
+    app.state.redis = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    app.state.predictor = Predictor(artifacts=settings.artifacts_path, cache_size=settings.predict_cache_size,
+                                    max_pixels=settings.predict_max_pixels)
+    try:
+        yield
+    finally:
+        app.state.redis.close()
+        close_client()
+        get_engine().dispose()
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="taas",
+        summary="PyTorch training as a service: submit a job, watch its loss live, predict with the result.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, paths=frozenset({"/predict"}),
+                       max_bytes=lambda: get_settings().predict_max_bytes)
+    for error in ERROR_STATUS:
+        app.add_exception_handler(error, _domain_error)
+    app.add_exception_handler(OperationalError, _database_down)
+    app.add_exception_handler(RedisConnectionError, _redis_down)
+    app.add_exception_handler(RedisTimeoutError, _redis_down)
+    for module in (jobs, predict, catalog, health):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()
