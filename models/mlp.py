@@ -14,17 +14,22 @@ Width = Annotated[int, Field(ge=1, le=8192)]
 
 class MLPParams(Params):
     hidden: list[Width] = Field(default=[512, 512], min_length=1, max_length=8)
+    # Dropout after each hidden ReLU; 0 adds no layer, so the tutorial's state_dict keys are kept.
+    dropout: float = Field(default=0.0, ge=0, lt=1)
 
 
 class NeuralNetwork(nn.Module):
     """The Fashion-MNIST tutorial's model; layers are created in its order so a seed gives its weights."""
 
-    def __init__(self, in_features: int = 28 * 28, hidden: list[int] | None = None, num_classes: int = 10):
+    def __init__(self, in_features: int = 28 * 28, hidden: list[int] | None = None, num_classes: int = 10,
+                 dropout: float = 0.0):
         super().__init__()
         widths = [in_features, *(hidden if hidden is not None else [512, 512])]
         layers: list[nn.Module] = []
         for a, b in zip(widths, widths[1:], strict=False):
             layers += [nn.Linear(a, b), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
         layers.append(nn.Linear(widths[-1], num_classes))
         self.flatten = nn.Flatten()
         self.linear_relu_stack = nn.Sequential(*layers)

@@ -39,7 +39,7 @@ class Architecture:
 
 
 def _mlp(p: MLPParams, s: InputShape) -> nn.Module:
-    return NeuralNetwork(s.features, list(p.hidden), s.num_classes)
+    return NeuralNetwork(s.features, list(p.hidden), s.num_classes, p.dropout)
 
 
 def _mnist_mlp(p: MnistMLPParams, s: InputShape) -> nn.Module:

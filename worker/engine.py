@@ -4,6 +4,7 @@ Plain functions that take objects, return metrics and report through Hooks; they
 """
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -89,6 +90,10 @@ class FitResult:
         return self._last("val_accuracy")
 
 
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite: the run cannot recover, so it ends with a readable reason."""
+
+
 class _LossBuffer:
     """Per-batch losses kept on the device and handed over in chunks: one sync per chunk, not per batch."""
 
@@ -112,6 +117,11 @@ class _LossBuffer:
         if n == 0:
             return
         losses = self.values[:n].tolist()  # the CPU-GPU sync point, once per chunk
+        for i, value in enumerate(losses):
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"training diverged: the loss became {value} at step {self.next_step + i} "
+                    f"(epoch {self.epoch}, batch {self.next_batch + i}); try a lower learning rate")
         self.hooks.on_losses(LossChunk(self.next_step, self.epoch, self.next_batch, losses, self.times))
         self.total += sum(losses)
         self.count += n
@@ -149,20 +159,24 @@ def train_one_epoch(model: nn.Module, batches: Batches, loss_fn: LossFn, optimiz
 def evaluate(model: nn.Module, batches: Batches, loss_fn: LossFn) -> tuple[float, float]:
     """(average of per-batch mean losses, accuracy as a fraction), as the tutorial's test_loop."""
     model.eval()
+    # Accumulated on the device (float64 like the tutorial's Python float; MPS has no float64): one sync.
+    acc_dtype = torch.float32 if next(model.parameters()).device.type == "mps" else torch.float64
     total: torch.Tensor | float = 0.0
     correct: torch.Tensor | int = 0
     n_batches = size = 0
     with torch.no_grad():
         for X, y in batches.epoch():
             pred = model(X)
-            # Accumulated on the device (float64 like Python's float): no sync until the end.
-            total = total + loss_fn(pred, y).to(torch.float64)
+            total = total + loss_fn(pred, y).to(acc_dtype)
             correct = correct + (pred.argmax(1) == y).sum()
             n_batches += 1
             size += len(y)
     if n_batches == 0:
-        return float("nan"), float("nan")
-    return float(total) / n_batches, int(correct) / size
+        raise ValueError("nothing to evaluate: the split is empty")
+    loss = float(total) / n_batches
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"training diverged: the evaluation loss is {loss}; try a lower learning rate")
+    return loss, int(correct) / size
 
 
 def _lr(optimizer: torch.optim.Optimizer) -> float:
@@ -211,6 +225,9 @@ def fit(t: Training, *, epochs: int, job_dir: Path, hooks: Hooks | None = None,
             best_epoch, best_loss = epoch, watched
             save_weights(t.model, job_dir / BEST)
         save_weights(t.model, job_dir / LAST)
+        # Report before the checkpoint: a crash in between replays this epoch (the reporter upserts),
+        # whereas the other order could lose the epoch's metrics for good.
+        hooks.on_epoch(metrics, job_dir)
         save_checkpoint(ckpt_path, {
             "model": t.model.state_dict(),
             "optimizer": t.optimizer.state_dict(),
@@ -223,5 +240,4 @@ def fit(t: Training, *, epochs: int, job_dir: Path, hooks: Hooks | None = None,
             "history": json.dumps([asdict(m) for m in history]),
             "config": json.dumps(t.config),
         })
-        hooks.on_epoch(metrics, job_dir)
     return FitResult("completed", history, best_epoch, best_loss, step, str(t.device))

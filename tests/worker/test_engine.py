@@ -11,11 +11,15 @@ from bench.tutorial_loop import run_tutorial
 from models import build_model
 from worker.checkpoints import BEST, CHECKPOINT, LAST, load_checkpoint
 from worker.datasets import DATASETS
+from worker.engine import TrainingDiverged
 from worker.training import run_job
 
 from .conftest import Recorder, spec
 
+# Shuffling, a validation split, momentum, a per-batch scheduler and dropout: every piece of state
+# that a resume must restore (dropout draws from the global torch RNG on every batch).
 SHUFFLED = dict(shuffle=True, dataset={"name": "fashion-mnist", "val_fraction": 0.2},
+                model={"arch": "mlp", "params": {"hidden": [64, 64], "dropout": 0.3}},
                 optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9},
                 scheduler={"name": "onecycle", "max_lr": 0.1}, epochs=3, batch_size=32)
 
@@ -82,19 +86,34 @@ def test_stop_is_checked_every_few_batches(settings: Settings, tmp_path: Path):
     assert not (tmp_path / "j" / CHECKPOINT).exists()
 
 
+class _WeightsPerEpoch(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: list[dict[str, torch.Tensor]] = []
+
+    def on_epoch(self, metrics, checkpoint_dir: Path) -> None:  # type: ignore[no-untyped-def]
+        super().on_epoch(metrics, checkpoint_dir)
+        self.last.append(load_file(str(checkpoint_dir / LAST)))
+
+
 def test_checkpoint_and_weights(settings: Settings, tmp_path: Path):
     job = tmp_path / "j"
-    result = run_job(spec(**SHUFFLED), job, settings=settings)
+    rec = _WeightsPerEpoch()
+    result = run_job(spec(**SHUFFLED), job, settings=settings, hooks=rec)
     ckpt = load_checkpoint(job / CHECKPOINT)  # weights_only=True: no arbitrary unpickling
     assert ckpt["epoch"] == 3 and ckpt["step"] == 39
     assert set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "best_loss", "best_epoch", "config"}
     val_losses = [m.val_loss for m in result.history]
     assert result.best_loss == min(val_losses)  # best by validation loss when there is a split
     assert result.best_epoch == val_losses.index(min(val_losses)) + 1
-    model = build_model("mlp", None, DATASETS["fashion-mnist"].shape)
+    model = build_model("mlp", SHUFFLED["model"]["params"], DATASETS["fashion-mnist"].shape)  # type: ignore
     model.load_state_dict(load_file(str(job / LAST)))
     assert all(torch.equal(v, ckpt["model"][k]) for k, v in model.state_dict().items())
-    model.load_state_dict(load_file(str(job / BEST)))
+    best = load_file(str(job / BEST))
+    assert result.best_epoch is not None
+    expected = rec.last[result.best_epoch - 1]
+    assert all(torch.equal(best[k], expected[k]) for k in expected)
+    assert result.best_epoch == 3 or not all(torch.equal(best[k], rec.last[-1][k]) for k in best)
 
 
 def test_best_by_test_loss_without_validation(settings: Settings, tmp_path: Path):
@@ -117,3 +136,29 @@ def test_equals_tutorial_loop_on_tiny_data(settings: Settings, tmp_path: Path):
     result = run_job(spec(seed=5), tmp_path / "j", settings=settings, hooks=rec)
     assert rec.losses == ref_losses
     assert [(m.test_loss, m.test_accuracy) for m in result.history] == reference
+
+
+def test_divergence_fails_with_a_readable_reason(settings: Settings, tmp_path: Path):
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at step \d+ .*lower learning rate"):
+        run_job(spec(optimizer={"name": "sgd", "lr": 10, "momentum": 0.99}, loss="mse", epochs=3),
+                tmp_path / "j", settings=settings)
+
+
+def test_on_epoch_comes_before_the_checkpoint(settings: Settings, tmp_path: Path):
+    """A crash inside on_epoch (before the checkpoint) replays that epoch on resume: nothing is lost."""
+
+    class Crash(Recorder):
+        def on_epoch(self, metrics, checkpoint_dir: Path) -> None:  # type: ignore[no-untyped-def]
+            super().on_epoch(metrics, checkpoint_dir)
+            if metrics.epoch == 2:
+                raise RuntimeError("worker died")
+
+    crash = Crash()
+    with pytest.raises(RuntimeError, match="worker died"):
+        run_job(spec(epochs=3), tmp_path / "j", settings=settings, hooks=crash)
+    assert load_checkpoint(tmp_path / "j" / CHECKPOINT)["epoch"] == 1
+    again = Recorder()
+    run_job(spec(epochs=3), tmp_path / "j", settings=settings, hooks=again)
+    assert [m.epoch for m in again.epochs] == [2, 3]
+    assert again.epochs[0] == crash.epochs[1].__class__(**{**crash.epochs[1].__dict__,
+                                                          "seconds": again.epochs[0].seconds})
