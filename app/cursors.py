@@ -3,10 +3,15 @@
 import base64
 import binascii
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from app.errors import BadCursor
+
+# Our own cursors are well under this; anything longer was not handed out by us and is not decoded.
+MAX_CURSOR_CHARS = 200
+# Loss steps are stored as 32-bit integers; a larger bound would overflow the database's parameter.
+MAX_STEP = 2**31
 
 
 def encode(kind: str, *values: Any) -> str:
@@ -14,15 +19,22 @@ def encode(kind: str, *values: Any) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def _not_ours(cursor: str) -> BadCursor:
+    shown = cursor if len(cursor) <= 40 else f"{cursor[:40]}... ({len(cursor)} characters)"
+    return BadCursor(
+        f"cursor {shown!r} is not one this API returned: pass a next_cursor back unchanged, "
+        "or leave it out to start from the beginning"
+    )
+
+
 def _decode(kind: str, cursor: str, arity: int) -> list[Any]:
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise _not_ours(cursor)
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         data = json.loads(raw)
-    except (binascii.Error, ValueError) as e:
-        raise BadCursor(
-            f"cursor {cursor!r} is not one this API returned: pass a next_cursor back unchanged, "
-            "or leave it out to start from the beginning"
-        ) from e
+    except (binascii.Error, ValueError, RecursionError) as e:  # ValueError covers JSON and UTF-8 errors
+        raise _not_ours(cursor) from e
     if not (isinstance(data, list) and len(data) == arity + 1 and data[0] == kind):
         raise BadCursor(
             f"cursor {cursor!r} does not page {kind}: pass a next_cursor from this endpoint back unchanged"
@@ -36,12 +48,17 @@ def encode_job(created_at: datetime, job_id: str) -> str:
 
 def decode_job(cursor: str) -> tuple[datetime, str]:
     created, job_id = _decode("jobs", cursor, 2)
+    damaged = BadCursor(f"cursor {cursor!r} is damaged: leave it out to start from the newest job")
+    if not isinstance(created, str) or not isinstance(job_id, str):
+        raise damaged
     try:
         at = datetime.fromisoformat(created)
-    except (TypeError, ValueError) as e:
-        raise BadCursor(f"cursor {cursor!r} is damaged: leave it out to start from the newest job") from e
-    if not isinstance(job_id, str) or at.tzinfo is None:
-        raise BadCursor(f"cursor {cursor!r} is damaged: leave it out to start from the newest job")
+        # Normalised here, where a year 1 or 9999 that leaves the calendar in UTC can still be refused.
+        at = at.astimezone(UTC) if at.tzinfo is not None else at
+    except (ValueError, OverflowError) as e:
+        raise damaged from e
+    if at.tzinfo is None:
+        raise damaged
     return at, job_id
 
 
@@ -51,6 +68,6 @@ def encode_step(step: int) -> str:
 
 def decode_step(cursor: str) -> int:
     (step,) = _decode("losses", cursor, 1)
-    if not isinstance(step, int) or isinstance(step, bool) or step < -1:
+    if not isinstance(step, int) or isinstance(step, bool) or not -1 <= step < MAX_STEP:
         raise BadCursor(f"cursor {cursor!r} is damaged: leave it out to start from step 0")
     return step

@@ -3,9 +3,10 @@
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import redis
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy import CursorResult, Delete, Update, and_, delete, or_, select, update
 from sqlalchemy.orm import Session
@@ -32,7 +33,7 @@ def _rowcount(session: Session, statement: Update | Delete) -> int:
 
 
 def create_job(*, session: Session, owner: str, spec: JobSpec, settings: Settings) -> Job:
-    """Insert the job (queued), commit, then enqueue it; if the queue is down the job ends failed."""
+    """Insert the job (queued), commit, then enqueue it; if the queue is down the row is deleted again."""
     job = Job(
         owner=owner, name=spec.name, status=JobStatus.queued, spec=spec.model_dump(mode="json"),
         queue=queue_for_device(spec.device, settings), max_attempts=spec.max_attempts,
@@ -43,11 +44,17 @@ def create_job(*, session: Session, owner: str, spec: JobSpec, settings: Setting
     try:
         enqueue_training(job.id, job.queue)
     except Unavailable as e:
-        _rowcount(session, update(Job).where(Job.id == job.id, Job.status == JobStatus.queued).values(
-            status=JobStatus.failed, error=f"never started: {e.detail}", finished_at=utcnow()))
+        # A refused request leaves nothing behind. Only a still-queued row goes: if a worker claimed it,
+        # the message did get through after all, and the job is the answer.
+        removed = _rowcount(session, delete(Job).where(Job.id == job.id, Job.status == JobStatus.queued)
+                            .execution_options(synchronize_session=False))
         session.commit()
+        if not removed:
+            session.refresh(job)
+            return job
+        session.expunge(job)
         raise Unavailable(
-            f"{e.detail}. Job {job.id} was recorded as failed; submit it again when the queue is back"
+            f"the job was not submitted: {e.detail}. Nothing was recorded; submit it again shortly"
         ) from e
     return job
 
@@ -88,43 +95,62 @@ def live_steps(*, client: redis.Redis, job: Job) -> int | None:
     return None if last is None else last + 1
 
 
+def _reread(session: Session, job: Job) -> Job:
+    """The row as it is now (after a conditional write changed nothing); NotFound if it was deleted."""
+    current = session.get(Job, job.id, populate_existing=True)
+    if current is None:
+        raise NotFound(f"no job {job.id!r}")
+    return current
+
+
 def cancel_job(*, session: Session, client: redis.Redis, owner: str, job_id: str) -> Job:
-    """Queued: cancelled now. Running: flag it (DB + Redis); the worker stops within a few batches."""
+    """Queued: cancelled now. Running: flag it (DB + Redis); the worker stops within a few batches.
+
+    Each write is conditional on the status it was decided on: when a worker claimed, finished or
+    requeued the job meanwhile, nothing is written and the job is judged again by its new status."""
     job = get_job(session=session, owner=owner, job_id=job_id)
-    if job.status == JobStatus.queued:
-        done = _rowcount(session, update(Job).where(Job.id == job.id, Job.status == JobStatus.queued).values(
-            status=JobStatus.cancelled, cancel_requested=True, finished_at=utcnow()))
+    for _ in range(3):
+        if job.status == JobStatus.queued:
+            done = _rowcount(session, update(Job).where(Job.id == job.id, Job.status == JobStatus.queued)
+                             .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=utcnow()))
+        elif job.status == JobStatus.running:
+            done = _rowcount(session, update(Job).where(Job.id == job.id, Job.status == JobStatus.running)
+                             .values(cancel_requested=True))
+        else:
+            raise Conflict(
+                f"job {job.id} is already {job.status}: only queued or running jobs can be cancelled")
         session.commit()
-        session.refresh(job)
+        job = _reread(session, job)
         if done:
-            return job
-        # A worker claimed it between our read and our update: cancel it as a running job.
+            break
+    else:
+        raise Conflict(f"job {job.id} kept changing status while being cancelled (now {job.status}): try again")
     if job.status == JobStatus.running:
-        _rowcount(session, update(Job).where(Job.id == job.id).values(cancel_requested=True))
-        session.commit()
         try:
             client.set(cancel_key(job.id), "1", ex=CANCEL_FLAG_SECONDS)
         except RedisError as e:
             # The DB flag is the record; the worker's heartbeat sees it even without the Redis key.
             log.warning("cancel flag for job %s not set in Redis: %s", job.id, e)
-        session.refresh(job)
-        return job
-    raise Conflict(f"job {job.id} is already {job.status}: only queued or running jobs can be cancelled")
+    return job
+
+
+# Running jobs are not deletable: their worker still writes rows and files.
+DELETABLE = (JobStatus.queued, *sorted(TERMINAL))
 
 
 def delete_job(*, session: Session, client: redis.Redis, owner: str, job_id: str, artifacts: Path) -> None:
     """Delete a job that is not running, with its metrics, losses, loss stream and artifact folder."""
     job = get_job(session=session, owner=owner, job_id=job_id)
-    if job.status == JobStatus.running:
+    if job.status not in DELETABLE:
         raise Conflict(f"job {job.id} is running: cancel it first (POST /jobs/{job.id}/cancel), then delete it")
-    deleted = _rowcount(session, delete(Job).where(Job.id == job.id, Job.status != JobStatus.running)
+    deleted = _rowcount(session, delete(Job).where(Job.id == job.id, Job.status.in_(DELETABLE))
                         .execution_options(synchronize_session=False))
     session.commit()
-    session.expunge(job)
     if not deleted:
         # Claimed (or deleted) between our read and our delete.
-        get_job(session=session, owner=owner, job_id=job.id)
-        raise Conflict(f"job {job.id} started running: cancel it first, then delete it")
+        job = _reread(session, job)
+        raise Conflict(f"job {job.id} is {job.status} now: cancel it first, then delete it")
+    session.expunge(job)
     try:
         LossStream(client).delete(job.id)
     except RedisError as e:
@@ -164,15 +190,18 @@ def epoch_metrics(*, session: Session, job_id: str) -> list[EpochMetric]:
         select(EpochMetric).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch)))
 
 
-def weights_file(*, job: Job, which: Literal["best", "last"], artifacts: Path) -> Path:
-    """The job's safetensors state_dict; NotFound until the worker wrote it."""
+def open_weights(*, job: Job, which: Literal["best", "last"], artifacts: Path) -> BinaryIO:
+    """The job's safetensors state_dict, opened; NotFound until the worker wrote it (or once it is gone).
+
+    Opened rather than checked: whatever happens to the path afterwards, the open file stays readable."""
     path = artifacts / job.id / WEIGHT_FILES[which]
-    if not path.is_file():
+    try:
+        return path.open("rb")
+    except (FileNotFoundError, IsADirectoryError):
         raise NotFound(
-            f"job {job.id} has no {which} weights yet (status {job.status}): they are written at the end "
-            "of each epoch"
-        )
-    return path
+            f"job {job.id} has no {which} weights (status {job.status}): they are written at the end "
+            "of each epoch, and removed with the job"
+        ) from None
 
 
 def succeeded_job(*, session: Session, owner: str, job_id: str) -> Job:
@@ -185,5 +214,12 @@ def succeeded_job(*, session: Session, owner: str, job_id: str) -> Job:
 
 
 def job_spec(job: Job) -> JobSpec:
+    """The stored spec, validated again; Conflict if this version of the service no longer accepts it."""
     spec: dict[str, Any] = job.spec
-    return JobSpec.model_validate(spec)
+    try:
+        return JobSpec.model_validate(spec)
+    except ValidationError as e:
+        raise Conflict(
+            f"job {job.id}'s stored spec is not valid for this version of the service "
+            f"({e.error_count()} errors): train it again"
+        ) from None

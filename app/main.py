@@ -44,6 +44,12 @@ async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "Redis is unreachable; try again shortly"}, status_code=503)
 
 
+def body_limit(path: str) -> int:
+    """The most request-body bytes a route accepts: images on /predict, small JSON everywhere else."""
+    settings = get_settings()
+    return settings.predict_max_bytes if path == "/predict" else settings.request_max_bytes
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
@@ -67,8 +73,7 @@ def create_app() -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimit, paths=frozenset({"/predict"}),
-                       max_bytes=lambda: get_settings().predict_max_bytes)
+    app.add_middleware(BodyLimit, max_bytes=body_limit)
     for error in ERROR_STATUS:
         app.add_exception_handler(error, _domain_error)
     app.add_exception_handler(OperationalError, _database_down)

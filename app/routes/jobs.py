@@ -1,10 +1,13 @@
 """Jobs: submit, list, inspect, follow (losses, metrics), cancel, delete, download weights."""
 
-from typing import Annotated, Literal
+import os
+from collections.abc import Iterator
+from typing import Annotated, BinaryIO, Literal
 
 from fastapi import APIRouter, Query, Response
 from fastapi import status as http_status
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from app import cursors, jobs
 from app.deps import OwnerDep, PredictorDep, RedisDep, SessionDep, SettingsDep
@@ -23,7 +26,7 @@ from app.tables import JobStatus
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-@router.post("", status_code=http_status.HTTP_201_CREATED, responses=error_responses(503))
+@router.post("", status_code=http_status.HTTP_201_CREATED, responses=error_responses(413, 503))
 def submit_job(spec: JobSpec, session: SessionDep, owner: OwnerDep, settings: SettingsDep) -> JobPublic:
     """Submit a training job; it is queued and a worker picks it up."""
     job = jobs.create_job(session=session, owner=owner, spec=spec, settings=settings)
@@ -115,7 +118,7 @@ def delete_job(
 
 @router.get(
     "/{job_id}/weights",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     responses={200: {"content": {"application/octet-stream": {}},
                      "description": "The state_dict in safetensors format"},
                **error_responses(404)},
@@ -123,9 +126,22 @@ def delete_job(
 def get_weights(
     job_id: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep,
     which: Literal["best", "last"] = "best",
-) -> FileResponse:
+) -> StreamingResponse:
     """Download the job's best (lowest validation/test loss) or last state_dict as safetensors."""
     job = jobs.get_job(session=session, owner=owner, job_id=job_id)
-    path = jobs.weights_file(job=job, which=which, artifacts=settings.artifacts_path)
-    return FileResponse(path, media_type="application/octet-stream",
-                        filename=f"{job.id}-{which}.safetensors")
+    # Served from the open file, so a job deleted (or a file replaced) meanwhile cannot break the response.
+    file = jobs.open_weights(job=job, which=which, artifacts=settings.artifacts_path)
+    size = os.fstat(file.fileno()).st_size
+    return StreamingResponse(
+        _chunks(file), media_type="application/octet-stream",
+        headers={"content-length": str(size),
+                 "content-disposition": f'attachment; filename="{job.id}-{which}.safetensors"'},
+        # Also closes the file when the client went away before the first chunk.
+        background=BackgroundTask(file.close),
+    )
+
+
+def _chunks(file: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+    with file:
+        while chunk := file.read(size):
+            yield chunk

@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select, update
+from sqlalchemy.orm import ORMExecuteState, Session
 
-from app.db import session_scope
+from app import jobs
+from app.db import new_session, session_scope
+from app.errors import Conflict
 from app.loss_stream import LossRecord, LossStream, cancel_key, stream_key
 from app.main import create_app
 from app.queue import TRAIN_TASK
@@ -105,18 +108,37 @@ def test_not_json_answers_422(client: TestClient, env: ApiEnv):
     assert job_count(env.owner) == 0
 
 
-def test_broker_down_answers_503_and_the_job_is_failed_not_queued(
+def test_broker_down_answers_503_and_leaves_nothing_behind(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, migrated_postgres: str
 ):
     env = configure(monkeypatch, tmp_path, database_url=migrated_postgres, redis_url=DEAD_REDIS_URL)
     with TestClient(create_app()) as client:
         r = client.post("/jobs", json=TUTORIAL)
-        assert job_count(env.owner) == 1
         assert r.status_code == 503
-        assert "queue" in r.json()["detail"] and "submit it again" in r.json()["detail"]
-        [job] = client.get("/jobs").json()["data"]
-        assert job["status"] == "failed" and job["finished_at"] is not None
-        assert "never started" in job["error"]
+        detail = r.json()["detail"]
+        assert detail.startswith("the job was not submitted: the job queue (Redis) is unreachable")
+        assert "Nothing was recorded; submit it again" in detail
+        assert job_count(env.owner) == 0
+        assert client.get("/jobs").json() == {"data": [], "next_cursor": None}
+
+
+def test_a_body_over_request_max_bytes_is_413_and_leaves_nothing(client: TestClient, env: ApiEnv,
+                                                                 redis_url: str):
+    limit = env.settings.request_max_bytes
+    assert limit == 64 * 1024
+    body = json.dumps({**TUTORIAL, "name": "x" * (1 << 20)}).encode()  # 1 MiB of JSON
+    r = client.post("/jobs", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert r.json()["detail"] == f"request body is {len(body)} bytes; at most {limit} bytes are accepted by /jobs"
+    # Without a Content-Length (chunked), it is counted while read.
+    chunks = iter([body[i:i + 8192] for i in range(0, len(body), 8192)])
+    r = client.post("/jobs", content=chunks, headers={"content-type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413 and f"at most {limit} bytes" in r.json()["detail"]
+    assert job_count(env.owner) == 0
+    assert queued_messages(redis_url, env.queue("cpu")) == []
+    # Other routes have the same limit, even those that read no body.
+    assert client.post(f"/jobs/{'x' * 32}/cancel", content=body).status_code == 413
 
 
 # --- GET /jobs, GET /jobs/{id} ---------------------------------------------------------------------
@@ -147,6 +169,10 @@ def test_list_pages_newest_first_without_gaps_or_repeats(client: TestClient, env
     assert queued["next_cursor"] is None
 
 
+def b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
 def test_list_rejects_a_bad_status_and_a_bad_cursor(client: TestClient):
     r = client.get("/jobs", params={"status": "done"})
     assert r.status_code == 422 and "queued" in r.text
@@ -154,6 +180,23 @@ def test_list_rejects_a_bad_status_and_a_bad_cursor(client: TestClient):
         r = client.get("/jobs", params={"cursor": cursor})
         assert r.status_code == 400 and "cursor" in r.json()["detail"], cursor
     assert client.get("/jobs", params={"limit": 0}).status_code == 422
+
+
+@pytest.mark.parametrize("cursor", [
+    b64(b"[" * 20_000),  # JSON nested deeper than the recursion limit
+    b64(json.dumps(["jobs", "2024-01-01T00:00:00+00:00", "x" * 200]).encode()),  # longer than ours
+    b64(json.dumps(["jobs", "9999-12-31T23:59:59-14:00", "x"]).encode()),  # past year 9999 in UTC
+    b64(json.dumps(["jobs", "0001-01-01T00:00:00+14:00", "x"]).encode()),  # before year 1 in UTC
+    b64(json.dumps(["jobs", "2024-01-01T00:00:00", "x"]).encode()),  # naive
+    b64(json.dumps(["jobs", 20240101, "x"]).encode()),
+    b64(json.dumps(["jobs", "2024-01-01T00:00:00+00:00", 7]).encode()),
+    b64(b'["jobs", "\xff\xfe"]'), b64(b"\xff\xfe\xfd"),  # not UTF-8
+    "\u00e9t\u00e9",  # not ASCII
+])
+def test_crafted_job_cursors_are_400(client: TestClient, cursor: str):
+    r = client.get("/jobs", params={"cursor": cursor})
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"].startswith("cursor ")
 
 
 def test_unknown_and_foreign_jobs_are_not_found(client: TestClient, env: ApiEnv):
@@ -229,6 +272,88 @@ def test_cancel_a_finished_job_is_a_conflict(client: TestClient, env: ApiEnv, st
                                   "cancelled")
 
 
+def flip_before_first_write(session: Session, job_id: str, status: JobStatus) -> None:
+    """Another writer (a worker) changes the job's status after `session` read it, just before its first
+    UPDATE or DELETE: the race between a request's read and its write, made deterministic."""
+    flipped = False
+
+    def flip(state: ORMExecuteState) -> None:
+        nonlocal flipped
+        if (state.is_update or state.is_delete) and not flipped:
+            flipped = True
+            with session_scope() as other:
+                other.execute(update(Job).where(Job.id == job_id).values(status=status))
+
+    event.listen(session, "do_orm_execute", flip)
+
+
+def cancel_flag(redis_url: str, job_id: str) -> bytes | None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return client.get(cancel_key(job_id))  # type: ignore[return-value]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("finished", [JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled])
+def test_cancel_of_a_running_job_that_finishes_meanwhile_is_a_conflict(env: ApiEnv, redis_url: str,
+                                                                       finished: JobStatus):
+    job_id = add_job(env, status=JobStatus.running, started_at=utcnow())
+    rc = redis.Redis.from_url(redis_url)
+    with new_session() as session:
+        flip_before_first_write(session, job_id, finished)
+        with pytest.raises(Conflict) as caught:
+            jobs.cancel_job(session=session, client=rc, owner=env.owner, job_id=job_id)
+    rc.close()
+    assert caught.value.detail == (f"job {job_id} is already {finished}: only queued or running jobs can be "
+                                   "cancelled")
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == finished and job.cancel_requested is False
+    assert cancel_flag(redis_url, job_id) is None
+
+
+def test_cancel_of_a_queued_job_claimed_meanwhile_flags_it_as_running(env: ApiEnv, redis_url: str):
+    job_id = add_job(env, status=JobStatus.queued)
+    rc = redis.Redis.from_url(redis_url)
+    with new_session() as session:
+        flip_before_first_write(session, job_id, JobStatus.running)
+        job = jobs.cancel_job(session=session, client=rc, owner=env.owner, job_id=job_id)
+    rc.close()
+    assert job.status == JobStatus.running and job.cancel_requested is True
+    assert cancel_flag(redis_url, job_id) == b"1"
+
+
+def test_cancel_of_a_queued_job_finished_meanwhile_is_a_conflict(env: ApiEnv, redis_url: str):
+    job_id = add_job(env, status=JobStatus.queued)
+    rc = redis.Redis.from_url(redis_url)
+    with new_session() as session:
+        flip_before_first_write(session, job_id, JobStatus.failed)
+        with pytest.raises(Conflict, match="is already failed"):
+            jobs.cancel_job(session=session, client=rc, owner=env.owner, job_id=job_id)
+    rc.close()
+    with session_scope() as session:
+        assert session.get(Job, job_id).status == JobStatus.failed  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("status", [JobStatus.queued, JobStatus.succeeded])
+def test_delete_of_a_job_that_starts_running_meanwhile_is_a_conflict(env: ApiEnv, redis_url: str,
+                                                                     status: JobStatus):
+    job_id = add_job(env, status=status)
+    weights = write_weights(env, job_id)
+    rc = redis.Redis.from_url(redis_url)
+    with new_session() as session:
+        flip_before_first_write(session, job_id, JobStatus.running)
+        with pytest.raises(Conflict) as caught:
+            jobs.delete_job(session=session, client=rc, owner=env.owner, job_id=job_id,
+                            artifacts=env.settings.artifacts_path)
+    rc.close()
+    assert caught.value.detail == f"job {job_id} is running now: cancel it first, then delete it"
+    assert weights.exists()
+    with session_scope() as session:
+        assert session.get(Job, job_id).status == JobStatus.running  # type: ignore[union-attr]
+
+
 # --- delete ----------------------------------------------------------------------------------------
 
 def test_delete_removes_rows_stream_and_artifacts(client: TestClient, env: ApiEnv, redis_url: str):
@@ -282,6 +407,23 @@ def test_weights_download_and_not_yet_written(client: TestClient, env: ApiEnv):
     assert r.headers["content-type"] == "application/octet-stream"
     assert f'filename="{job_id}-best.safetensors"' in r.headers["content-disposition"]
 
+    assert r.headers["content-length"] == str(len(r.content))
     r = client.get(f"/jobs/{job_id}/weights", params={"which": "last"})
-    assert r.status_code == 404 and "no last weights yet" in r.json()["detail"]
+    assert r.status_code == 404 and "no last weights" in r.json()["detail"]
     assert client.get(f"/jobs/{job_id}/weights", params={"which": "worst"}).status_code == 422
+
+
+def test_weights_gone_is_404_and_an_opened_file_outlives_its_deletion(client: TestClient, env: ApiEnv):
+    job_id = add_job(env)
+    best = write_weights(env, job_id)
+    content = best.read_bytes()
+    with session_scope() as session:
+        job = jobs.get_job(session=session, owner=env.owner, job_id=job_id)
+        opened = jobs.open_weights(job=job, which="best", artifacts=env.settings.artifacts_path)
+    # The job is deleted while its download is being served: the response is still whole.
+    best.unlink()
+    with opened:
+        assert opened.read() == content
+    r = client.get(f"/jobs/{job_id}/weights")
+    assert r.status_code == 404
+    assert r.json()["detail"].startswith(f"job {job_id} has no best weights (status succeeded)")

@@ -1,5 +1,6 @@
 """GET /jobs/{id}/losses: the DB prefix and the Redis tail merge into one gapless series, paged by cursor."""
 
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from app import cursors
 from app.db import session_scope
 from app.loss_stream import LossRecord, LossStream
 from app.main import create_app
+from app.migrate import upgrade_head
 from app.tables import JobStatus, LossPoint, utcnow
 from tests.app.harness import DEAD_REDIS_URL, ApiEnv, add_job, cleanup, configure
 
@@ -100,6 +102,40 @@ def test_bad_cursor_and_limits(client: TestClient, env: ApiEnv):
         assert r.status_code == 400 and "cursor" in r.json()["detail"]
     assert client.get(f"/jobs/{job_id}/losses", params={"limit": 0}).status_code == 422
     assert client.get(f"/jobs/{job_id}/losses", params={"limit": 10_001}).status_code == 422
+
+
+@pytest.mark.parametrize("after", [
+    cursors.encode("losses", 2**31), cursors.encode("losses", 2**63), cursors.encode("losses", 10**60),
+    cursors.encode("losses", -2), cursors.encode("losses", 1.5), cursors.encode("losses", True),
+    cursors.encode("losses", None), cursors.encode("losses", 1, 2),
+    base64.urlsafe_b64encode(b"[" * 20_000).decode(),  # deeper than the recursion limit
+    "A" * 201,  # longer than any cursor we hand out
+])
+def test_crafted_step_cursors_are_400(client: TestClient, env: ApiEnv, after: str):
+    job_id = add_job(env)
+    r = client.get(f"/jobs/{job_id}/losses", params={"after": after})
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"].startswith("cursor ")
+
+
+def test_steps_beyond_32_bits_are_refused_before_the_database(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                              redis_url: str):
+    """SQLite cannot even bind an integer over 64 bits: such a cursor must not reach the query."""
+    url = f"sqlite:///{tmp_path / 'state' / 'taas.db'}"
+    upgrade_head(url)
+    env = configure(monkeypatch, tmp_path, database_url=url, redis_url=redis_url)
+    try:
+        job_id = add_job(env, status=JobStatus.running)
+        persist(job_id, range(0, 3))
+        with TestClient(create_app()) as client:
+            for step in (2**31, 2**63, 2**64):
+                r = client.get(f"/jobs/{job_id}/losses", params={"after": cursors.encode_step(step)})
+                assert r.status_code == 400, (step, r.text)
+            largest = cursors.encode_step(2**31 - 1)
+            r = client.get(f"/jobs/{job_id}/losses", params={"after": largest})
+            assert r.status_code == 200 and r.json() == {"data": [], "next_cursor": largest}
+    finally:
+        cleanup(env, redis_url)
 
 
 def test_redis_down_answers_from_the_db(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
