@@ -27,7 +27,8 @@ class Settings(BaseSettings):
     data_memory_budget_mb: int = Field(default=4096, ge=0)
     data_num_workers: int = Field(default=0, ge=0, le=64)
 
-    owner: str = "local"
+    # Stored in jobs.owner, a String(64).
+    owner: str = Field(default="local", min_length=1, max_length=64)
 
     # Worker: a lease the worker renews every heartbeat_seconds; an expired lease lets another claim.
     lease_seconds: int = Field(default=60, ge=5)
@@ -43,6 +44,9 @@ class Settings(BaseSettings):
     stop_check_batches: int = Field(default=8, ge=1)
     loss_stream_maxlen: int = Field(default=200_000, ge=1000)
 
+    # Request bodies over this are refused (413) before parsing; /predict uses predict_max_bytes instead.
+    request_max_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024 * 1024)
+
     # Predict
     predict_max_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     predict_max_files: int = Field(default=64, ge=1)
@@ -54,7 +58,8 @@ class Settings(BaseSettings):
     # queue_prefix is prepended to every queue name, the worker's too (app.queue.queue_name); tests use
     # a throwaway one so their messages never reach a real worker.
     default_queue: Literal["cpu", "gpu"] = "cpu"
-    queue_prefix: str = ""
+    # With the base name ("cpu"/"gpu") it is stored in jobs.queue, a String(32).
+    queue_prefix: str = Field(default="", max_length=24)
     # Socket timeouts for the API's Redis clients (loss streams, cancel flags, the Celery producer).
     redis_timeout_seconds: float = Field(default=5.0, gt=0)
 
