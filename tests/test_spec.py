@@ -13,7 +13,7 @@ def test_smallest_spec_is_the_fashion_mnist_tutorial():
                               "nesterov": False}
     assert d["loss"] == {"name": "cross_entropy", "label_smoothing": 0.0}
     assert (d["epochs"], d["batch_size"], d["shuffle"], d["seed"]) == (10, 64, False, 0)
-    assert d["model"] == {"arch": "mlp", "params": {"hidden": [512, 512]}}
+    assert d["model"] == {"arch": "mlp", "params": {"hidden": [512, 512], "dropout": 0.0}}
     assert JobSpec.model_validate(d) == s  # the stored spec round-trips
 
 

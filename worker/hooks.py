@@ -52,8 +52,8 @@ class Hooks:
     def on_epoch(self, metrics: EpochMetrics, checkpoint_dir: Path) -> None:
         """After the epoch's weights (best/last) were written and before its resumable checkpoint is.
 
-        Record the epoch durably before returning: if the process dies before the checkpoint lands,
-        the resumed run replays this epoch and calls on_epoch for it again (so record idempotently)."""
+        If the process dies before the checkpoint lands, the resumed run replays this epoch and calls
+        on_epoch for it again: record idempotently (the service's Reporter drops rows past the resume point)."""
 
     def should_stop(self) -> bool:
         """Polled every few batches; True ends the run after the current batch, without a checkpoint."""

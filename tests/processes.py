@@ -1,0 +1,108 @@
+"""Start the service's processes (API, Celery workers) as real subprocesses, and wait with timeouts."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for(condition: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.1) -> T:
+    """Poll `condition` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def service_env(settings: Mapping[str, str], **extra: str) -> dict[str, str]:
+    """The test runner's environment minus any TAAS_*, plus these settings (keys without the prefix)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAAS_")}
+    env.update({f"TAAS_{k.upper()}": v for k, v in settings.items()})
+    env.update(extra)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        """Signal the process (and its group) and wait; kill it if it does not exit in time."""
+        if self.alive():
+            _signal_group(self.process.pid, sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        return self.process.returncode
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def start(name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> Service:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(args, cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    return Service(name, process, log_path)
+
+
+def start_worker(name: str, env: Mapping[str, str], log_dir: Path, *, concurrency: int = 1) -> Service:
+    """A Celery worker serving the queues of TAAS_WORKER_QUEUE (with TAAS_QUEUE_PREFIX)."""
+    return start(name, [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
+                        "--concurrency", str(concurrency), "--prefetch-multiplier", "1", "--pool", "prefork",
+                        "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle"], env, log_dir)
+
+
+def start_api(env: Mapping[str, str], log_dir: Path, port: int) -> Service:
+    return start("api", [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
+                         "--port", str(port)], env, log_dir)
+
+
+def wait_healthy(base_url: str, service: Service, timeout: float = 90) -> None:
+    def healthy() -> bool:
+        assert service.alive(), f"{service.name} exited:\n{service.log()[-3000:]}"
+        try:
+            return httpx.get(f"{base_url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(healthy, timeout=timeout, what=f"{base_url}/health", interval=0.3)

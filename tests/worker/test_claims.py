@@ -1,0 +1,178 @@
+"""Leases in the jobs row, on PostgreSQL and on SQLite (the embedded mode)."""
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from app.db import session_scope
+from app.migrate import upgrade_head
+from app.tables import Job, JobStatus, utcnow
+from tests.app.harness import reset_caches
+from worker.claims import (
+    Claim,
+    claim_job,
+    finish_job,
+    holds_lease,
+    reap_expired,
+    release_job,
+    renew_lease,
+    unqueue,
+)
+
+LEASE = 30.0
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'taas.db'}"
+    upgrade_head(url)
+    monkeypatch.setenv("TAAS_DATABASE_URL", url)
+    reset_caches()
+    yield url
+    reset_caches()
+
+
+def add_job(**fields: Any) -> str:
+    job = Job(owner=f"test-{uuid.uuid4().hex[:8]}", spec={}, queue="cpu", **fields)
+    with session_scope() as session:
+        session.add(job)
+    return job.id
+
+
+def load(job_id: str) -> Job:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def claim(job_id: str, owner: str) -> Claim | None:
+    with session_scope() as session:
+        return claim_job(session=session, job_id=job_id, lease_owner=owner, lease_seconds=LEASE)
+
+
+def expire(job_id: str) -> None:
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+
+
+def test_of_two_simultaneous_claims_one_wins(database: str) -> None:
+    job_id = add_job()
+    barrier = threading.Barrier(2)
+    results: dict[str, Claim | None] = {}
+
+    def contend(owner: str) -> None:
+        barrier.wait(timeout=10)
+        results[owner] = claim(job_id, owner)
+
+    threads = [threading.Thread(target=contend, args=(owner,)) for owner in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    winners = [owner for owner, won in results.items() if won is not None]
+    assert len(results) == 2 and len(winners) == 1
+    job = load(job_id)
+    assert (job.status, job.lease_owner, job.attempt) == (JobStatus.running, winners[0], 1)
+    assert job.started_at is not None and job.lease_expires_at is not None
+    assert job.lease_expires_at > utcnow() + timedelta(seconds=LEASE - 5)
+
+
+def test_an_expired_lease_can_be_taken_over(database: str) -> None:
+    job_id = add_job()
+    first = claim(job_id, "a")
+    assert first is not None and first.attempt == 1
+    assert claim(job_id, "b") is None
+    started = load(job_id).started_at
+    expire(job_id)
+    second = claim(job_id, "b")
+    assert second is not None and second.attempt == 2
+    job = load(job_id)
+    assert job.lease_owner == "b" and job.started_at == started
+    with session_scope() as session:
+        assert renew_lease(session=session, job_id=job_id, lease_owner="a", lease_seconds=LEASE).held is False
+        assert not holds_lease(session=session, job_id=job_id, lease_owner="a")
+        assert not finish_job(session=session, job_id=job_id, lease_owner="a", status=JobStatus.failed, error="x")
+        state = renew_lease(session=session, job_id=job_id, lease_owner="b", lease_seconds=LEASE)
+    assert state.held is True and state.cancel_requested is False
+    assert load(job_id).status == JobStatus.running
+
+
+@pytest.mark.parametrize("fields", [
+    {"attempt": 3, "max_attempts": 3},
+    {"cancel_requested": True},
+    {"status": JobStatus.succeeded},
+    {"status": JobStatus.cancelled},
+], ids=["out-of-attempts", "cancel-requested", "succeeded", "cancelled"])
+def test_what_cannot_be_claimed(database: str, fields: dict[str, Any]) -> None:
+    job_id = add_job(**fields)
+    assert claim(job_id, "a") is None
+    assert load(job_id).lease_owner is None
+
+
+def test_finish_records_and_releases(database: str) -> None:
+    job_id = add_job()
+    assert claim(job_id, "a") is not None
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+        assert renew_lease(session=session, job_id=job_id, lease_owner="a", lease_seconds=LEASE).cancel_requested
+        assert finish_job(session=session, job_id=job_id, lease_owner="a", status=JobStatus.succeeded,
+                          result={"test_accuracy": 0.5})
+    job = load(job_id)
+    assert job.status == JobStatus.succeeded and job.result == {"test_accuracy": 0.5}
+    assert job.lease_owner is None and job.lease_expires_at is None and job.finished_at is not None
+    with session_scope() as session:
+        assert not finish_job(session=session, job_id=job_id, lease_owner="a", status=JobStatus.failed)
+
+
+def test_the_reaper_requeues_fails_and_cancels_expired_jobs(database: str) -> None:
+    requeue, exhausted, cancelled, alive = (add_job(max_attempts=m) for m in (3, 1, 3, 3))
+    for job_id in (requeue, exhausted, cancelled, alive):
+        assert claim(job_id, f"dead-{job_id}") is not None
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == cancelled).values(cancel_requested=True))
+    for job_id in (requeue, exhausted, cancelled):
+        expire(job_id)
+
+    with session_scope() as session:
+        reaped = reap_expired(session=session)
+    assert (requeue, "cpu") in reaped.requeued and exhausted in reaped.failed and cancelled in reaped.cancelled
+    assert alive not in [j for j, _ in reaped.requeued] + reaped.failed + reaped.cancelled
+    assert (load(requeue).status, load(requeue).lease_owner, load(requeue).attempt) == (JobStatus.queued, None, 1)
+    assert load(exhausted).status == JobStatus.failed
+    assert (load(exhausted).error or "").startswith("worker lost: the worker running attempt 1 of 1")
+    assert load(cancelled).status == JobStatus.cancelled and load(cancelled).finished_at is not None
+    assert load(alive).status == JobStatus.running
+    with session_scope() as session:
+        again = reap_expired(session=session)
+    assert not ({requeue, exhausted, cancelled} & ({j for j, _ in again.requeued} | set(again.failed)
+                                                   | set(again.cancelled)))
+
+    # A requeue whose message could not be sent goes back to "expired", for the next reap.
+    with session_scope() as session:
+        assert unqueue(session=session, job_id=requeue)
+    with session_scope() as session:
+        assert (requeue, "cpu") in reap_expired(session=session).requeued
+    assert claim(requeue, "b") is not None and load(requeue).attempt == 2
+
+
+def test_release_hands_the_job_back_without_counting_the_attempt(database: str) -> None:
+    job_id, cancelling = add_job(), add_job()
+    assert claim(job_id, "a") is not None and claim(cancelling, "a") is not None
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == cancelling).values(cancel_requested=True))
+        assert release_job(session=session, job_id=job_id, lease_owner="a") == JobStatus.queued
+        assert release_job(session=session, job_id=cancelling, lease_owner="a") == JobStatus.cancelled
+        assert release_job(session=session, job_id=job_id, lease_owner="a") is None
+    assert (load(job_id).status, load(job_id).attempt, load(job_id).lease_owner) == (JobStatus.queued, 0, None)
+    assert load(cancelling).status == JobStatus.cancelled
+    assert claim(job_id, "b") is not None

@@ -1,0 +1,104 @@
+"""The workers' Celery application: Redis broker, late acks, prefetch 1, one job at a time per process.
+
+    celery -A worker.celery_app worker -Q gpu,cpu --concurrency <GPUs> --prefetch-multiplier 1
+
+Without -Q a worker serves the queues named by TAAS_WORKER_QUEUE (comma-separated, queue_prefix applied).
+Each worker also runs the reaper: at start and every reap_interval_seconds it requeues jobs whose worker
+died (their lease expired).
+"""
+
+import logging
+from typing import Any
+
+from celery import Celery, bootsteps
+from celery.signals import worker_process_init
+from kombu import Queue
+
+from app.config import get_settings
+from app.db import get_engine, session_scope
+from app.queue import TRAIN_TASK, queue_name
+from worker.claims import Reaped, reap_expired, unqueue
+
+log = logging.getLogger(__name__)
+
+settings = get_settings()
+
+celery_app = Celery("taas", broker=settings.redis_url, include=["worker.tasks"])
+celery_app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    # The message is acked when the task ends; the job's lease (not the broker) keeps a redelivered
+    # message from training a job twice.
+    task_acks_late=True,
+    worker_prefetch_multiplier=1,
+    task_default_queue=queue_name(settings.default_queue, settings),
+    task_queues=[Queue(queue_name(q.strip(), settings)) for q in settings.worker_queue.split(",") if q.strip()],
+    broker_connection_retry_on_startup=True,
+    # A broker hiccup must not kill a training run: the lease says who owns the job.
+    worker_cancel_long_running_tasks_on_connection_loss=False,
+    broker_transport_options={"socket_connect_timeout": settings.redis_timeout_seconds},
+)
+
+# Index of this pool process (prefork), to spread processes over GPUs; None in the solo pool.
+_process_index: int | None = None
+
+
+def process_index() -> int | None:
+    return _process_index
+
+
+@worker_process_init.connect
+def _in_pool_process(**_: Any) -> None:
+    global _process_index
+    from billiard.process import current_process
+
+    _process_index = getattr(current_process(), "index", None)
+    # Connections opened by the parent (the reaper) must not be shared with the forked child.
+    if get_engine.cache_info().currsize:
+        get_engine().dispose(close=False)
+
+
+def requeue_expired() -> Reaped:
+    """Reap expired leases and send a task for each job put back on its queue."""
+    with session_scope() as session:
+        reaped = reap_expired(session=session)
+    for job_id, queue in reaped.requeued:
+        try:
+            celery_app.send_task(TRAIN_TASK, args=[job_id], queue=queue)
+        except Exception:
+            log.exception("job %s: requeued but its task could not be sent; the next reap retries", job_id)
+            with session_scope() as session:
+                unqueue(session=session, job_id=job_id)
+    if reaped.requeued or reaped.failed or reaped.cancelled:
+        log.warning("reaper: requeued %s, failed %s, cancelled %s (their workers stopped responding)",
+                    [j for j, _ in reaped.requeued], reaped.failed, reaped.cancelled)
+    return reaped
+
+
+def _reap_safely() -> None:
+    try:
+        requeue_expired()
+    except Exception:
+        log.exception("reaper run failed; trying again in %.0f s", get_settings().reap_interval_seconds)
+
+
+class Reaper(bootsteps.StartStopStep):
+    """Runs the reaper when the worker starts and then periodically on the worker's timer."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, parent: Any, **kwargs: Any):
+        super().__init__(parent, **kwargs)
+        self.tref: Any = None
+
+    def start(self, parent: Any) -> None:
+        _reap_safely()
+        self.tref = parent.timer.call_repeatedly(get_settings().reap_interval_seconds, _reap_safely, priority=10)
+
+    def stop(self, parent: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+
+
+celery_app.steps["worker"].add(Reaper)
