@@ -101,7 +101,7 @@ def cancel_job(
     job = jobs.cancel_job(session=session, client=client, owner=owner, job_id=job_id)
     if job.status == JobStatus.running:
         response.status_code = http_status.HTTP_202_ACCEPTED
-    return JobPublic.of(job)
+    return JobPublic.of(job, live_step=jobs.live_steps(client=client, job=job))
 
 
 @router.delete("/{job_id}", status_code=http_status.HTTP_204_NO_CONTENT, responses=error_responses(404, 409))
