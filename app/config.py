@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     cancel_poll_seconds: float = Field(default=0.2, gt=0)
     # How often each worker requeues jobs whose lease expired (their worker died), and at its start.
     reap_interval_seconds: float = Field(default=30.0, gt=0)
+    # A queued job not picked up this long after its message was sent gets its message sent again
+    # (duplicates are harmless: the claim lets one delivery train it).
+    resend_queued_after_seconds: float = Field(default=600.0, ge=10)
     # Loss reporting: a chunk is handed over after this many batches or seconds, whichever is first.
     loss_flush_batches: int = Field(default=64, ge=1)
     loss_flush_seconds: float = Field(default=0.2, gt=0)

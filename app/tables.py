@@ -83,6 +83,9 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     cancel_requested: Mapped[bool] = mapped_column(default=False)
+    # When a task message for the job was last sent; a queued job whose message was lost (the API died
+    # between commit and send, or Redis lost its data) is sent again by the reaper after a while.
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=utcnow)
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int | None] = mapped_column(Integer)

@@ -62,7 +62,15 @@ def _in_pool_process(**_: Any) -> None:
 def requeue_expired() -> Reaped:
     """Reap expired leases and send a task for each job put back on its queue."""
     with session_scope() as session:
-        reaped = reap_expired(session=session)
+        reaped = reap_expired(session=session, resend_after_seconds=get_settings().resend_queued_after_seconds)
+    for job_id, queue in reaped.resent:
+        try:
+            celery_app.send_task(TRAIN_TASK, args=[job_id], queue=queue)
+        except Exception:
+            log.exception("job %s: its task could not be sent again; the next reap retries", job_id)
+    if reaped.resent:
+        log.warning("reaper: sent again the tasks of %s (queued for longer than %.0f s)",
+                    [j for j, _ in reaped.resent], get_settings().resend_queued_after_seconds)
     for job_id, queue in reaped.requeued:
         try:
             celery_app.send_task(TRAIN_TASK, args=[job_id], queue=queue)

@@ -44,6 +44,7 @@ class LeaseState:
 @dataclass
 class Reaped:
     requeued: list[tuple[str, str]] = field(default_factory=list)  # (job id, queue)
+    resent: list[tuple[str, str]] = field(default_factory=list)  # queued too long: message presumed lost
     failed: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
 
@@ -126,13 +127,21 @@ def release_job(*, session: Session, job_id: str, lease_owner: str) -> JobStatus
     return None
 
 
-def reap_expired(*, session: Session) -> Reaped:
+def reap_expired(*, session: Session, resend_after_seconds: float | None = None) -> Reaped:
     """Jobs whose worker stopped renewing: requeue them (attempts left), else fail them; honour cancels.
+    With resend_after_seconds, also queued jobs whose message was sent longer ago than that.
 
-    The caller commits, then sends a task for each requeued job. Every UPDATE repeats the condition, so
-    concurrent reapers (one per worker) never requeue a job twice."""
+    The caller commits, then sends a task for each requeued or resent job. Every UPDATE repeats the
+    condition, so concurrent reapers (one per worker) never requeue a job twice."""
     now = utcnow()
     reaped = Reaped()
+    if resend_after_seconds is not None:
+        sent_before = _utc(now - timedelta(seconds=resend_after_seconds))
+        stale = and_(Job.status == JobStatus.queued, Job.lease_owner.is_(None),
+                     func.coalesce(Job.enqueued_at, Job.created_at) < sent_before)
+        for job_id, queue in session.execute(select(Job.id, Job.queue).where(stale)).all():
+            if _rowcount(session, update(Job).where(Job.id == job_id, stale).values(enqueued_at=now)):
+                reaped.resent.append((job_id, queue))
     expired = and_(Job.status == JobStatus.running, Job.lease_expires_at < now)
     rows = session.execute(select(Job.id, Job.queue, Job.attempt, Job.max_attempts, Job.cancel_requested)
                            .where(expired)).all()
@@ -143,7 +152,8 @@ def reap_expired(*, session: Session) -> Reaped:
                                               lease_expires_at=None)):
                 reaped.cancelled.append(job_id)
         elif attempt < max_attempts:
-            if _rowcount(session, base.values(status=JobStatus.queued, lease_owner=None, lease_expires_at=None)):
+            if _rowcount(session, base.values(status=JobStatus.queued, lease_owner=None, lease_expires_at=None,
+                                              enqueued_at=now)):
                 reaped.requeued.append((job_id, queue))
         elif _rowcount(session, base.values(
                 status=JobStatus.failed, finished_at=now, lease_owner=None, lease_expires_at=None,

@@ -44,6 +44,7 @@ def upgrade() -> None:
         sa.Column("lease_owner", sa.String(length=200), nullable=True),
         sa.Column("lease_expires_at", UTC_DATETIME, nullable=True),
         sa.Column("cancel_requested", sa.Boolean(), nullable=False),
+        sa.Column("enqueued_at", UTC_DATETIME, nullable=True),
         sa.Column("epoch", sa.Integer(), nullable=False),
         sa.Column("step", sa.Integer(), nullable=False),
         sa.Column("total_steps", sa.Integer(), nullable=True),

@@ -176,3 +176,40 @@ def test_release_hands_the_job_back_without_counting_the_attempt(database: str) 
     assert (load(job_id).status, load(job_id).attempt, load(job_id).lease_owner) == (JobStatus.queued, 0, None)
     assert load(cancelling).status == JobStatus.cancelled
     assert claim(job_id, "b") is not None
+
+
+def _resent(reaped: Any, *mine: str) -> list[str]:
+    # The PostgreSQL database is shared by the session's tests: look at this test's jobs only.
+    return [job_id for job_id, _ in reaped.resent if job_id in mine]
+
+
+def test_reaper_resends_a_queued_job_whose_message_was_lost(database: str) -> None:
+    stale = add_job(enqueued_at=utcnow() - timedelta(hours=1))
+    fresh = add_job()
+    running = add_job()
+    assert claim(running, "w") is not None
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == running).values(enqueued_at=utcnow() - timedelta(hours=1)))
+    mine = (stale, fresh, running)
+    with session_scope() as session:
+        assert _resent(reap_expired(session=session, resend_after_seconds=600), *mine) == [stale]
+    assert load(stale).status == JobStatus.queued and load(stale).enqueued_at > utcnow() - timedelta(minutes=1)
+    with session_scope() as session:  # sent again just now: not again at the next reap
+        assert _resent(reap_expired(session=session, resend_after_seconds=600), *mine) == []
+    with session_scope() as session:  # without the option the reaper leaves queued jobs alone
+        session.execute(update(Job).where(Job.id == fresh).values(enqueued_at=utcnow() - timedelta(hours=1)))
+    with session_scope() as session:
+        assert _resent(reap_expired(session=session), *mine) == []
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id.in_(mine)).values(status=JobStatus.cancelled))
+
+
+def test_a_requeued_job_is_not_resent_at_once(database: str) -> None:
+    job_id = add_job(enqueued_at=utcnow() - timedelta(hours=1))
+    assert claim(job_id, "dead") is not None
+    expire(job_id)
+    with session_scope() as session:
+        reaped = reap_expired(session=session, resend_after_seconds=600)
+    assert job_id in [j for j, _ in reaped.requeued] and _resent(reaped, job_id) == []
+    with session_scope() as session:
+        assert _resent(reap_expired(session=session, resend_after_seconds=600), job_id) == []
