@@ -69,13 +69,17 @@ def port_is_free(host: str, port: int) -> bool:
         return True
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if `taas up` itself dies (Linux), so nothing is orphaned."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def _die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """For the child, before exec: get `sig` if `taas up` itself dies (Linux), so nothing is orphaned."""
 
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    def preexec() -> None:
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+
+    return preexec
 
 
 @dataclass
@@ -113,7 +117,7 @@ class LocalStack:
         self.env = env
         self.children: list[Child] = []
 
-    def spawn(self, name: str, args: list[str]) -> Child:
+    def spawn(self, name: str, args: list[str], *, parent_death_signal: int = signal.SIGTERM) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
         with log.open("ab") as out:
@@ -123,7 +127,7 @@ class LocalStack:
             # named like one of our packages where the user happens to be must not shadow it.
             process = subprocess.Popen(args, cwd=self.state_dir, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
                                        stderr=subprocess.STDOUT, start_new_session=True,
-                                       preexec_fn=_die_with_parent)
+                                       preexec_fn=_die_with_parent(parent_death_signal))
         child = Child(name, process, log)
         self.children.append(child)
         return child
@@ -252,7 +256,7 @@ def up(args: argparse.Namespace) -> int:
                 sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues,
                 "--concurrency", "1", "--prefetch-multiplier", "1", "--pool", "prefork",
                 "--hostname", f"taas-{i}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-            ])
+            ], parent_death_signal=signal.SIGQUIT)  # cold: an orphan must not train on with Redis gone
         url = f"http://{check_host}:{args.port}"
         wait_healthy(stack, url, timeout=args.startup_timeout)
         print(f"taas is up: {url}  (API docs: {url}/docs; logs: {stack.log_dir}; Ctrl-C to stop)", flush=True)

@@ -70,6 +70,13 @@ class Settings(BaseSettings):
     page_size_max: int = Field(default=500, ge=1)
 
     @model_validator(mode="after")
+    def _heartbeat_inside_lease(self) -> "Settings":
+        if self.heartbeat_seconds * 2 > self.lease_seconds:
+            raise ValueError(f"heartbeat_seconds ({self.heartbeat_seconds}) must be at most half of "
+                             f"lease_seconds ({self.lease_seconds}), or leases expire between renewals")
+        return self
+
+    @model_validator(mode="after")
     def _derive_paths(self) -> "Settings":
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.state_dir / 'taas.db').resolve()}"

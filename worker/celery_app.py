@@ -37,7 +37,11 @@ celery_app.conf.update(
     broker_connection_retry_on_startup=True,
     # A broker hiccup must not kill a training run: the lease says who owns the job.
     worker_cancel_long_running_tasks_on_connection_loss=False,
-    broker_transport_options={"socket_connect_timeout": settings.redis_timeout_seconds},
+    # Redis redelivers an unacked message after visibility_timeout (default 1 h): every hour of a long
+    # job would bring a redundant delivery. Lost messages are the reaper's job (expired leases, and
+    # queued jobs whose task is re-sent after resend_queued_after_seconds), so wait long here.
+    broker_transport_options={"socket_connect_timeout": settings.redis_timeout_seconds,
+                              "visibility_timeout": 24 * 3600},
 )
 
 # Index of this pool process (prefork), to spread processes over GPUs; None in the solo pool.

@@ -201,7 +201,7 @@ def fit(t: Training, *, epochs: int, job_dir: Path, hooks: Hooks | None = None,
         best_epoch, best_loss = ckpt["best_epoch"], ckpt["best_loss"]
         history = [EpochMetrics(**m) for m in json.loads(ckpt["history"])]
 
-    hooks.on_start(RunInfo(str(t.device), epochs, len(t.train), start_epoch, step))
+    hooks.on_start(RunInfo(str(t.device), epochs, len(t.train), start_epoch, step, tuple(history)))
     batch_scheduler = t.scheduler if t.scheduler_interval == "batch" else None
     for epoch in range(start_epoch, epochs + 1):
         started = time.perf_counter()

@@ -30,6 +30,7 @@ class Heartbeat:
         self.lease_lost = False
         self._done = threading.Event()
         self._redis_failing = False
+        self._renewed_at = time.monotonic()  # the claim itself set the lease
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
 
     def __enter__(self) -> "Heartbeat":
@@ -70,9 +71,17 @@ class Heartbeat:
                 state = renew_lease(session=session, job_id=self.job_id, lease_owner=self.lease_owner,
                                     lease_seconds=self.settings.lease_seconds)
         except SQLAlchemyError as e:
-            # Nobody can take the job while the database is unreachable either; try again next beat.
             log.warning("job %s: lease renewal failed: %s", self.job_id, e)
+            # Only this worker may be cut off from the database: once the lease may have expired, another
+            # worker can claim the job, so stop rather than train it twice.
+            unrenewed = time.monotonic() - self._renewed_at
+            if unrenewed > self.settings.lease_seconds - self.settings.heartbeat_seconds:
+                log.warning("job %s: lease not renewed for %.0f s; assuming it lost and stopping",
+                            self.job_id, unrenewed)
+                self.lease_lost = True
+                self.stop.set()
             return
+        self._renewed_at = time.monotonic()
         if not state.held:
             log.warning("job %s: lease lost (reaped or claimed by another worker); stopping", self.job_id)
             self.lease_lost = True

@@ -34,6 +34,9 @@ class RunInfo:
     steps_per_epoch: int
     start_epoch: int  # 1 for a fresh run, k + 1 when resumed from the epoch-k checkpoint
     start_step: int
+    # The metrics of the epochs the checkpoint covers (empty for a fresh run): a reporter whose record of
+    # them was lost with the previous process can restore it.
+    history: tuple[EpochMetrics, ...] = ()
 
     @property
     def total_steps(self) -> int:

@@ -142,11 +142,22 @@ class Reporter(Hooks):
         if info.start_step or dropped:
             log.info("job %s: resuming at epoch %d, step %d (%d stale stream entries dropped)",
                      self.job_id, info.start_epoch, info.start_step, dropped)
-        try:
-            with session_scope() as session:
-                self._prepare_db(session, info)
-        except LeaseLost:
-            self.lease_lost = True
+        backoff = 0.5
+        while True:
+            try:
+                with session_scope() as session:
+                    self._prepare_db(session, info)
+                return
+            except LeaseLost:
+                self.lease_lost = True
+                return
+            except SQLAlchemyError as e:
+                # A database blip must not fail the job for good: retry for about half a minute.
+                if backoff > 8:
+                    raise
+                log.warning("job %s: database not ready, retrying in %.1f s: %s", self.job_id, backoff, e)
+                time.sleep(backoff)
+                backoff *= 2
 
     def on_losses(self, chunk: LossChunk) -> None:
         self._chunks.append(chunk)
@@ -230,9 +241,10 @@ class Reporter(Hooks):
                                 work.metrics.epoch if work.metrics else "tail")
                     self.lease_lost = True
                     break
-                except SQLAlchemyError as e:
-                    if self._deadline is not None and time.monotonic() + backoff > self._deadline:
-                        log.error("job %s: giving up writing losses to the database: %s", self.job_id, e)
+                except Exception as e:  # any error: a dead writer must not look like one that finished
+                    if not isinstance(e, SQLAlchemyError) or (
+                            self._deadline is not None and time.monotonic() + backoff > self._deadline):
+                        log.error("job %s: giving up writing losses to the database", self.job_id, exc_info=e)
                         self.db_error = e
                         break
                     log.warning("job %s: database write failed, retrying in %.1f s: %s", self.job_id, backoff, e)
@@ -248,6 +260,9 @@ class Reporter(Hooks):
     def _prepare_db(self, session: Session, info: RunInfo) -> None:
         self._check_lease(session)
         self._backfill(session, info.start_step)
+        # Epochs the checkpoint covers whose rows the dead attempt never committed (it writes them after
+        # handing them over, possibly after the checkpoint was saved).
+        insert_ignore(session, EpochMetric, [_metric_row(self.job_id, m) for m in info.history])
         session.execute(delete(LossPoint).where(LossPoint.job_id == self.job_id,
                                                 LossPoint.step >= info.start_step))
         session.execute(delete(EpochMetric).where(EpochMetric.job_id == self.job_id,
@@ -282,15 +297,17 @@ class Reporter(Hooks):
         insert_ignore(session, LossPoint, [_row(self.job_id, r) for c in work.chunks for r in records_of(c)])
         progress: dict[str, Any] = {"step": work.next_step}
         if work.metrics is not None:
-            m = work.metrics
-            insert_ignore(session, EpochMetric, [{
-                "job_id": self.job_id, "epoch": m.epoch, "train_loss": m.train_loss, "test_loss": m.test_loss,
-                "test_accuracy": m.test_accuracy, "val_loss": m.val_loss, "val_accuracy": m.val_accuracy,
-                "lr": m.lr, "seconds": m.seconds}])
-            progress["epoch"] = m.epoch
+            insert_ignore(session, EpochMetric, [_metric_row(self.job_id, work.metrics)])
+            progress["epoch"] = work.metrics.epoch
         session.execute(update(Job).where(Job.id == self.job_id).values(**progress))
         if work.job_dir is not None:
             record_artifacts(session, self.job_id, work.job_dir)
+
+
+def _metric_row(job_id: str, m: EpochMetrics) -> dict[str, Any]:
+    return {"job_id": job_id, "epoch": m.epoch, "train_loss": m.train_loss, "test_loss": m.test_loss,
+            "test_accuracy": m.test_accuracy, "val_loss": m.val_loss, "val_accuracy": m.val_accuracy,
+            "lr": m.lr, "seconds": m.seconds}
 
 
 def _row(job_id: str, r: LossRecord) -> dict[str, Any]:
