@@ -32,13 +32,14 @@ def load_weights(model: nn.Module, path: Path) -> nn.Module:
     return model
 
 
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
+def rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
     """Every RNG the run touches, as tensors and plain values (loadable with weights_only=True)."""
     version, mt, gauss = random.getstate()
     np_state: tuple[Any, ...] = tuple(np.random.get_state())
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # Only the training device's: get_rng_state_all() would open a CUDA context on every GPU.
+        "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
         "shuffle": generator.get_state(),
         "python": [version, list(mt), gauss],
         "numpy": [np_state[0], torch.from_numpy(np.asarray(np_state[1]).astype(np.int64)),
@@ -46,10 +47,10 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
     }
 
 
-def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+def restore_rng(state: dict[str, Any], generator: torch.Generator, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"][0], device)
     generator.set_state(state["shuffle"])
     version, mt, gauss = state["python"]
     random.setstate((version, tuple(mt), gauss))

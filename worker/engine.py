@@ -196,7 +196,7 @@ def fit(t: Training, *, epochs: int, job_dir: Path, hooks: Hooks | None = None,
         t.optimizer.load_state_dict(ckpt["optimizer"])
         if t.scheduler is not None and ckpt["scheduler"] is not None:
             t.scheduler.load_state_dict(ckpt["scheduler"])
-        restore_rng(ckpt["rng"], t.generator)
+        restore_rng(ckpt["rng"], t.generator, t.device)
         start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
         best_epoch, best_loss = ckpt["best_epoch"], ckpt["best_loss"]
         history = [EpochMetrics(**m) for m in json.loads(ckpt["history"])]
@@ -234,7 +234,7 @@ def fit(t: Training, *, epochs: int, job_dir: Path, hooks: Hooks | None = None,
             "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
             "epoch": epoch,
             "step": step,
-            "rng": rng_state(t.generator),
+            "rng": rng_state(t.generator, t.device),
             "best_epoch": best_epoch,
             "best_loss": best_loss,
             "history": json.dumps([asdict(m) for m in history]),
