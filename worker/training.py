@@ -9,7 +9,7 @@ import torch
 
 from app.config import Settings
 from app.spec import JobSpec
-from models import ARCHITECTURES, build_model
+from models import build_model
 from worker.data import Mode, make_batches
 from worker.datasets import DATASETS, load_split, split_indices
 from worker.engine import FitResult, Reporting, Training, fit
@@ -70,7 +70,6 @@ def build_training(spec: JobSpec, *, data_root: Path, download: bool = False, mo
         sched_entry = SCHEDULERS[spec.scheduler.name]
         scheduler = sched_entry.build(optimizer, spec.scheduler, spec.epochs, len(train))
         interval = sched_entry.interval
-    assert ARCHITECTURES[spec.model.arch]  # validated by JobSpec
     return Training(model=model, optimizer=optimizer, loss_fn=loss_fn, train=train, test=test,
                     device=device, generator=generator, val=val, scheduler=scheduler,
                     scheduler_interval=interval, config=spec.model_dump(mode="json"))
