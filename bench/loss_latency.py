@@ -12,7 +12,6 @@ import argparse
 import json
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,20 +22,15 @@ from typing import Any
 
 import httpx
 
+from app.cli import free_port
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def start_stack(state_dir: Path, data: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     """`taas up` in state_dir with a copy of the Fashion-MNIST files; returns the process and its URL."""
     shutil.copytree(data / "FashionMNIST", state_dir / "data" / "FashionMNIST")
-    port = _free_port()
+    port = free_port()
     out = (state_dir / "taas-up.out").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "up", "--state-dir", str(state_dir), "--port", str(port),

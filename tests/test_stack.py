@@ -18,8 +18,9 @@ import pytest
 import redis
 from PIL import Image
 
+from app.cli import free_port
 from app.loss_stream import stream_key
-from tests.processes import ROOT, Service, free_port, service_env, start_api, start_worker, wait_for, wait_healthy
+from tests.processes import ROOT, Service, service_env, start_api, start_worker, wait_for, wait_healthy
 
 TINY = {"dataset": {"name": "fashion-mnist"}, "model": {"arch": "mlp"}, "epochs": 2, "batch_size": 16}
 TOTAL_STEPS = 2 * 512 // 16
