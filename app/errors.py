@@ -33,6 +33,10 @@ class UnsupportedMedia(DomainError):
     """An upload that is not in a format we can read (e.g. not an image)."""
 
 
+class MalformedRequest(DomainError):
+    """A request body that cannot be parsed at all (e.g. broken multipart framing)."""
+
+
 class BadImage(DomainError):
     """An upload in a known format whose content is broken (e.g. a truncated PNG)."""
 

@@ -8,22 +8,25 @@ from typing import Any, BinaryIO, Literal
 import redis
 from pydantic import ValidationError
 from redis.exceptions import RedisError
-from sqlalchemy import CursorResult, Delete, Update, and_, delete, or_, select, update
+from sqlalchemy import CursorResult, Delete, Update, delete, select, update
 from sqlalchemy.orm import Session
 
-from app import cursors
+from app import storage
 from app.config import Settings
-from app.errors import Conflict, NotFound, Unavailable
+from app.datasets import dataset_for_job
+from app.errors import Conflict, InvalidSpec, NotFound, Unavailable
 from app.loss_stream import LossRecord, LossStream, cancel_key
+from app.paging import newest_first
 from app.queue import enqueue_training, queue_for_device
-from app.spec import JobSpec
 from app.tables import TERMINAL, EpochMetric, Job, JobStatus, LossPoint, utcnow
+from spec.architectures import misfit
+from spec.datasets import BUILTIN_DATASETS, DatasetInfo
+from spec.job import BuiltinDatasetSpec, JobSpec
 
 log = logging.getLogger(__name__)
 
 # The expiry only bounds a flag nobody consumed (the job ended before the worker looked).
 CANCEL_FLAG_SECONDS = 7 * 24 * 3600
-WEIGHT_FILES = {"best": "best.safetensors", "last": "last.safetensors"}
 
 
 def _rowcount(session: Session, statement: Update | Delete) -> int:
@@ -34,9 +37,19 @@ def _rowcount(session: Session, statement: Update | Delete) -> int:
 
 def create_job(*, session: Session, owner: str, spec: JobSpec, settings: Settings) -> Job:
     """Insert the job (queued), commit, then enqueue it; if the queue is down the row is deleted again."""
+    dataset_id = spec.uploaded_dataset
+    if isinstance(spec.dataset, BuiltinDatasetSpec):
+        info = BUILTIN_DATASETS[spec.dataset.name].info
+    else:
+        info = dataset_for_job(session=session, owner=owner, dataset_id=spec.dataset.id)
+        shape = info.shape
+        if (reason := misfit(spec.model.arch, shape.height, shape.width)) is not None:
+            raise InvalidSpec(f"model.arch: {reason} (dataset {dataset_id}); pick another arch, or upload the "
+                              "dataset again with a larger image_size")
     job = Job(
         owner=owner, name=spec.name, status=JobStatus.queued, spec=spec.model_dump(mode="json"),
         queue=queue_for_device(spec.device, settings), max_attempts=spec.max_attempts,
+        dataset_id=dataset_id, dataset_info=info.model_dump(mode="json"),
     )
     session.add(job)
     # Commit before enqueueing: a worker that gets the message must find the row.
@@ -73,15 +86,7 @@ def list_jobs(
     query = select(Job).where(Job.owner == owner)
     if status is not None:
         query = query.where(Job.status == status)
-    if cursor:
-        created_at, job_id = cursors.decode_job(cursor)
-        query = query.where(or_(Job.created_at < created_at,
-                                and_(Job.created_at == created_at, Job.id < job_id)))
-    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
-    if len(rows) <= limit:
-        return rows, None
-    last = rows[limit - 1]
-    return rows[:limit], cursors.encode_job(last.created_at, last.id)
+    return newest_first(session, query, Job, kind="jobs", limit=limit, cursor=cursor)
 
 
 def live_steps(*, client: redis.Redis, job: Job) -> int | None:
@@ -155,7 +160,7 @@ def delete_job(*, session: Session, client: redis.Redis, owner: str, job_id: str
         LossStream(client).delete(job.id)
     except RedisError as e:
         log.warning("loss stream of deleted job %s left in Redis: %s", job.id, e)
-    shutil.rmtree(artifacts / job.id, ignore_errors=True)
+    shutil.rmtree(storage.job_dir(artifacts, job.id), ignore_errors=True)
 
 
 def read_losses(
@@ -194,7 +199,7 @@ def open_weights(*, job: Job, which: Literal["best", "last"], artifacts: Path) -
     """The job's safetensors state_dict, opened; NotFound until the worker wrote it (or once it is gone).
 
     Opened rather than checked: whatever happens to the path afterwards, the open file stays readable."""
-    path = artifacts / job.id / WEIGHT_FILES[which]
+    path = storage.job_dir(artifacts, job.id) / storage.WEIGHT_FILES[which]
     try:
         return path.open("rb")
     except (FileNotFoundError, IsADirectoryError):
@@ -211,6 +216,13 @@ def succeeded_job(*, session: Session, owner: str, job_id: str) -> Job:
         hint = "wait until it succeeds" if job.status not in TERMINAL else "train it again"
         raise Conflict(f"job {job.id} is {job.status}, not succeeded: {hint} before predicting with it")
     return job
+
+
+def job_dataset(job: Job, spec: JobSpec) -> DatasetInfo:
+    """The classes, shape and statistics of the job's data, as fixed when it was submitted."""
+    if job.dataset_info is None and isinstance(spec.dataset, BuiltinDatasetSpec):
+        return BUILTIN_DATASETS[spec.dataset.name].info  # submitted before jobs recorded their dataset
+    return DatasetInfo.model_validate(job.dataset_info)
 
 
 def job_spec(job: Job) -> JobSpec:

@@ -16,12 +16,13 @@ from app.config import get_settings
 from app.db import get_engine
 from app.predictor import Predictor
 from app.queue import close_client
-from app.routes import catalog, health, jobs, predict
+from app.routes import catalog, datasets, health, jobs, predict
 
 # The one place where domain errors become HTTP statuses.
 ERROR_STATUS: dict[type[errors.DomainError], int] = {
     errors.BadCursor: 400,
     errors.BadImage: 400,
+    errors.MalformedRequest: 400,
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
@@ -45,8 +46,11 @@ async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
 
 
 def body_limit(path: str) -> int:
-    """The most request-body bytes a route accepts: images on /predict, small JSON everywhere else."""
+    """The most request-body bytes a route accepts: archives on /datasets, images on /predict, small JSON
+    everywhere else."""
     settings = get_settings()
+    if path == "/datasets":
+        return settings.dataset_max_upload_bytes
     return settings.predict_max_bytes if path == "/predict" else settings.request_max_bytes
 
 
@@ -79,7 +83,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(RedisConnectionError, _redis_down)
     app.add_exception_handler(RedisTimeoutError, _redis_down)
-    for module in (jobs, predict, catalog, health):
+    for module in (jobs, datasets, predict, catalog, health):
         app.include_router(module.router)
     return app
 

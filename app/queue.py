@@ -1,7 +1,7 @@
 """The API's side of the job queue: a small Celery client that only sends, by task name.
 
-It never imports worker.tasks (the API must not import the training code); the worker registers a task
-named TRAIN_TASK and consumes the queues named by queue_name().
+It never imports worker.tasks (the API must not import the training code); the worker registers the tasks
+named TRAIN_TASK and INGEST_TASK and consumes the queues named by queue_name().
 """
 
 from functools import lru_cache
@@ -14,6 +14,9 @@ from app.config import Settings, get_settings
 from app.errors import Unavailable
 
 TRAIN_TASK = "taas.train_job"
+INGEST_TASK = "taas.ingest_dataset"
+# Dataset ingests have a queue of their own, so an upload never waits behind a training run.
+INGEST_QUEUE = "ingest"
 
 
 def queue_name(base: str, settings: Settings) -> str:
@@ -45,10 +48,19 @@ def celery_client() -> Celery:
 
 def enqueue_training(job_id: str, queue: str) -> None:
     """Send train_job(job_id) to `queue`; raises Unavailable when the broker cannot take it."""
+    _send(TRAIN_TASK, job_id, queue)
+
+
+def enqueue_ingest(dataset_id: str, settings: Settings) -> None:
+    """Send ingest_dataset(dataset_id) to the ingest queue; raises Unavailable when the broker cannot take it."""
+    _send(INGEST_TASK, dataset_id, queue_name(INGEST_QUEUE, settings))
+
+
+def _send(task: str, object_id: str, queue: str) -> None:
     try:
         # A short retry rides out a stale pooled connection; a broker that is down fails within a second.
         celery_client().send_task(
-            TRAIN_TASK, args=[job_id], queue=queue, retry=True,
+            task, args=[object_id], queue=queue, retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
         )
     except (KombuError, RedisError, OSError) as e:

@@ -95,6 +95,11 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The uploaded dataset the job trains on (None: a built-in one). Not a foreign key: a finished job
+    # outlives its dataset, and keeps what predictions need of it in dataset_info.
+    dataset_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    # spec.datasets.DatasetInfo as JSON: classes, image shape, mean/std, fixed when the job was submitted.
+    dataset_info: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     __table_args__ = (
         # Listing is "my jobs, newest first, maybe of one status", paged by (created_at, id).
@@ -140,3 +145,47 @@ class Artifact(Base):
     path: Mapped[str] = mapped_column(Text)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class DatasetStatus(enum.StrEnum):
+    processing = "processing"
+    ready = "ready"
+    failed = "failed"
+
+
+class Dataset(Base):
+    """An uploaded, labelled image dataset: the archive is ingested off the API into a decoded store."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=DatasetStatus.processing)
+    error: Mapped[str | None] = mapped_column(Text)
+    # spec.datasets.IngestOptions as JSON (test_fraction, image_size, channels, skip_invalid, seed).
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    archive_bytes: Mapped[int] = mapped_column(BigInteger)
+    # Filled in by the ingest.
+    layout: Mapped[str | None] = mapped_column(String(32))
+    # spec.datasets.DatasetInfo as JSON (classes, shape, mean, std) once ready.
+    info: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # {"train": {"images": n, "per_class": {class: n}}, "test": {...}}
+    splits: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # [{"reason", "count", "examples": [paths]}]
+    skipped: Mapped[list[Any] | None] = mapped_column(JSON)
+    store_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    images_done: Mapped[int] = mapped_column(Integer, default=0)
+    images_total: Mapped[int | None] = mapped_column(Integer)
+    # Ingest lease, as for jobs: one worker ingests at a time; an expired lease lets the reaper resend.
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_datasets_owner_created", "owner", "created_at", "id"),
+        Index("ix_datasets_status_lease", "status", "lease_expires_at"),
+    )

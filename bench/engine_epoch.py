@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from app.config import Settings
-from app.spec import JobSpec
 from bench.tutorial_loop import run_tutorial
+from spec.job import JobSpec
 from worker.hooks import EpochMetrics, Hooks, LossChunk
 from worker.training import run_job
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
-from app.spec import JobSpec
 from bench.engine_epoch import DEFAULT_DATA
+from spec.job import JobSpec
 from worker.training import run_job
 
 WORKLOADS: dict[str, tuple[dict[str, Any], float | None]] = {

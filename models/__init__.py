@@ -1,5 +1,5 @@
-"""Neural-network architectures and their registry. Imports nothing else of this project."""
+"""PyTorch architectures and their builders (the names and params they take are in spec.architectures)."""
 
-from models.registry import ARCHITECTURES, Architecture, InputShape, build_model
+from models.registry import BUILDERS, build_model
 
-__all__ = ["ARCHITECTURES", "Architecture", "InputShape", "build_model"]
+__all__ = ["BUILDERS", "build_model"]

@@ -1,21 +1,8 @@
 """The two multilayer perceptrons of the tutorials."""
 
-from typing import Annotated
-
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
-
-from models.params import Params
-
-Width = Annotated[int, Field(ge=1, le=8192)]
-
-
-class MLPParams(Params):
-    hidden: list[Width] = Field(default=[512, 512], min_length=1, max_length=8)
-    # Dropout after each hidden ReLU; 0 adds no layer, so the tutorial's state_dict keys are kept.
-    dropout: float = Field(default=0.0, ge=0, lt=1)
 
 
 class NeuralNetwork(nn.Module):
@@ -38,10 +25,6 @@ class NeuralNetwork(nn.Module):
         x = self.flatten(x)
         logits: torch.Tensor = self.linear_relu_stack(x)
         return logits
-
-
-class MnistMLPParams(Params):
-    hidden: Width = 64
 
 
 class Net(nn.Module):

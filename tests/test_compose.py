@@ -15,7 +15,7 @@ from app.config import Settings
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 CPU_OVERRIDE = ROOT / "docker-compose.cpu.yml"
-PYTHON_SERVICES = ("migrate", "api", "worker")
+PYTHON_SERVICES = ("migrate", "api", "worker", "ingest")
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -40,12 +40,12 @@ def _setting_names() -> set[str]:
 
 def test_services_and_startup_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"db", "redis", "migrate", "api", "worker"}
+    assert set(services) == {"db", "redis", "migrate", "api", "worker", "ingest"}
     assert services["db"]["image"] == "postgres:16"
     assert services["redis"]["image"] == "redis:7"
     assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
     assert services["migrate"]["depends_on"] == {"db": {"condition": "service_healthy"}}
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "ingest"):
         assert services[name]["depends_on"] == {
             "migrate": {"condition": "service_completed_successfully"},
             "redis": {"condition": "service_healthy"},
@@ -58,6 +58,8 @@ def test_services_and_startup_order(compose: dict[str, Any]) -> None:
     assert worker.startswith(
         "celery -A worker.celery_app worker -Q ${TAAS_QUEUE_PREFIX:-}gpu,${TAAS_QUEUE_PREFIX:-}cpu ")
     assert "--prefetch-multiplier 1" in worker and "--concurrency" in worker
+    assert services["ingest"]["command"].startswith("celery -A worker.celery_app worker -Q ${TAAS_QUEUE_PREFIX:-}ingest ")
+    assert "deploy" not in services["ingest"]  # CPU only
 
 
 def test_healthchecks(compose: dict[str, Any]) -> None:
@@ -92,11 +94,14 @@ def test_gpu_reservation_and_cpu_override(compose: dict[str, Any]) -> None:
 
 
 def test_volumes_are_shared(compose: dict[str, Any]) -> None:
-    assert set(compose["volumes"]) == {"pgdata", "redisdata", "artifacts", "data"}
+    assert set(compose["volumes"]) == {"pgdata", "redisdata", "artifacts", "data", "datasets"}
     artifacts = "artifacts:/var/lib/taas/artifacts"
     for name in ("api", "worker"):
         assert artifacts in compose["services"][name]["volumes"], name
         assert "data:/var/lib/taas/data" in compose["services"][name]["volumes"], name
+    # Uploads land on the API's disk and are read by the ingest and the trainers.
+    for name in ("api", "worker", "ingest"):
+        assert "datasets:/var/lib/taas/datasets" in compose["services"][name]["volumes"], name
     environment = compose["services"]["api"]["environment"]
     assert "TAAS_ARTIFACTS_DIR=/var/lib/taas/artifacts" in environment
     assert compose["services"]["db"]["volumes"] == ["pgdata:/var/lib/postgresql/data"]

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from app.spec import JobSpec
+from spec.job import JobSpec
 
 
 def test_smallest_spec_is_the_fashion_mnist_tutorial():

@@ -16,14 +16,16 @@ from kombu import Queue
 
 from app.config import get_settings
 from app.db import get_engine, session_scope
-from app.queue import TRAIN_TASK, queue_name
+from app.queue import INGEST_QUEUE, INGEST_TASK, TRAIN_TASK, queue_name
 from worker.claims import Reaped, reap_expired, unqueue
+from worker.ingest_claims import reap_ingests
+from worker.orphans import sweep_orphan_folders
 
 log = logging.getLogger(__name__)
 
 settings = get_settings()
 
-celery_app = Celery("taas", broker=settings.redis_url, include=["worker.tasks"])
+celery_app = Celery("taas", broker=settings.redis_url, include=["worker.tasks", "worker.ingest_task"])
 celery_app.conf.update(
     task_serializer="json",
     accept_content=["json"],
@@ -88,11 +90,27 @@ def requeue_expired() -> Reaped:
     return reaped
 
 
+def requeue_ingests() -> None:
+    """Send again the ingests whose message was lost or whose worker died; remove orphaned upload folders."""
+    settings = get_settings()
+    with session_scope() as session:
+        reaped = reap_ingests(session=session, resend_after_seconds=settings.resend_queued_after_seconds)
+    for dataset_id in reaped.resent:
+        try:
+            celery_app.send_task(INGEST_TASK, args=[dataset_id], queue=queue_name(INGEST_QUEUE, settings))
+        except Exception:
+            log.exception("dataset %s: its ingest could not be sent again; the next reap retries", dataset_id)
+    if reaped.resent or reaped.failed:
+        log.warning("reaper: ingests sent again %s, failed %s", reaped.resent, reaped.failed)
+    sweep_orphan_folders(settings.datasets_path)
+
+
 def _reap_safely() -> None:
-    try:
-        requeue_expired()
-    except Exception:
-        log.exception("reaper run failed; trying again in %.0f s", get_settings().reap_interval_seconds)
+    for reap in (requeue_expired, requeue_ingests):
+        try:
+            reap()
+        except Exception:
+            log.exception("reaper run failed; trying again in %.0f s", get_settings().reap_interval_seconds)
 
 
 class Reaper(bootsteps.StartStopStep):

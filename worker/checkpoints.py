@@ -10,10 +10,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.safetensors"
-LAST = "last.safetensors"
-
 
 def _atomic(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,11 +28,13 @@ def load_weights(model: nn.Module, path: Path) -> nn.Module:
     return model
 
 
-def rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+def rng_state(generator: torch.Generator, device: torch.device,
+              augment: torch.Generator | None = None) -> dict[str, Any]:
     """Every RNG the run touches, as tensors and plain values (loadable with weights_only=True)."""
     version, mt, gauss = random.getstate()
     np_state: tuple[Any, ...] = tuple(np.random.get_state())
     return {
+        "augment": augment.get_state() if augment is not None else None,
         "torch": torch.get_rng_state(),
         # Only the training device's: get_rng_state_all() would open a CUDA context on every GPU.
         "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
@@ -47,8 +45,12 @@ def rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any
     }
 
 
-def restore_rng(state: dict[str, Any], generator: torch.Generator, device: torch.device) -> None:
+def restore_rng(state: dict[str, Any], generator: torch.Generator, device: torch.device,
+                augment: torch.Generator | None = None) -> None:
     torch.set_rng_state(state["torch"])
+    # Checkpoints written before augmentation existed have no "augment" entry (and no augmentation).
+    if augment is not None and state.get("augment") is not None:
+        augment.set_state(state["augment"])
     if state["cuda"] and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"][0], device)
     generator.set_state(state["shuffle"])

@@ -1,42 +1,48 @@
-"""Dataset registry: torchvision datasets by name, their classes, and the seeded validation split."""
+"""Training data for a dataset spec: a built-in torchvision dataset, or an uploaded dataset's store."""
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import torch
-from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision.datasets.utils import check_integrity
 from torchvision.transforms import ToTensor
 
-from models import InputShape
+from app import storage
+from spec.datasets import BUILTIN_DATASETS, DatasetInfo
+from spec.job import DatasetSpec, UploadedDatasetSpec
+from worker.store import StoreError, read_store
+
+TORCHVISION: dict[str, type[datasets.MNIST]] = {"fashion-mnist": datasets.FashionMNIST, "mnist": datasets.MNIST}
+if set(TORCHVISION) != set(BUILTIN_DATASETS):
+    raise RuntimeError(f"torchvision classes {sorted(TORCHVISION)} do not match {sorted(BUILTIN_DATASETS)}")
 
 
 class DatasetUnavailable(RuntimeError):
-    """The dataset's files are not under the data root and downloading is not allowed."""
+    """The dataset's files are not there (and downloading is not allowed): a message for the user."""
 
 
 @dataclass(frozen=True)
-class DatasetEntry:
-    name: str
-    description: str
-    cls: type[datasets.MNIST]
-    shape: InputShape
-    classes: tuple[str, ...]
+class Split:
+    """Decoded images, uint8 N x C x H x W, and their int64 class indices."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.targets)
 
 
-FASHION_CLASSES = ("T-Shirt", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle Boot")
+# A torchvision dataset (decoded lazily per sample on the DataLoader path) or an already decoded split.
+Source: TypeAlias = Split | datasets.MNIST
 
-DATASETS: dict[str, DatasetEntry] = {
-    d.name: d
-    for d in [
-        DatasetEntry("fashion-mnist", "Zalando Fashion-MNIST: 60,000 + 10,000 28x28 grayscale images.",
-                     datasets.FashionMNIST, InputShape(1, 28, 28, 10), FASHION_CLASSES),
-        DatasetEntry("mnist", "MNIST handwritten digits: 60,000 + 10,000 28x28 grayscale images.",
-                     datasets.MNIST, InputShape(1, 28, 28, 10), tuple(str(i) for i in range(10))),
-    ]
-}
+
+@dataclass(frozen=True)
+class TrainingData:
+    train: Source
+    test: Source
+    info: DatasetInfo
 
 
 def _archives_present(cls: type[datasets.MNIST], root: Path) -> bool:
@@ -45,8 +51,8 @@ def _archives_present(cls: type[datasets.MNIST], root: Path) -> bool:
 
 
 def load_split(name: str, root: Path, *, train: bool, download: bool = False) -> datasets.MNIST:
-    """The torchvision dataset with ToTensor, i.e. uint8 / 255 (its `.data` holds the decoded images)."""
-    cls = DATASETS[name].cls
+    """The built-in torchvision dataset with ToTensor, i.e. uint8 / 255 (`.data` holds the decoded images)."""
+    cls = TORCHVISION[name]
     # Archives that are already on disk with the right MD5 are only unpacked: no network involved.
     local = _archives_present(cls, root)
     try:
@@ -58,6 +64,24 @@ def load_split(name: str, root: Path, *, train: bool, download: bool = False) ->
         ) from e
 
 
+def load_data(spec: DatasetSpec, *, data_root: Path, datasets_dir: Path, download: bool = False) -> TrainingData:
+    """The train and test splits the spec names, with what a job needs to know about them."""
+    if isinstance(spec, UploadedDatasetSpec):
+        path = storage.dataset_dir(datasets_dir, spec.id) / storage.STORE
+        try:
+            store = read_store(path)
+        except FileNotFoundError:
+            raise DatasetUnavailable(f"dataset {spec.id} has no decoded images at {path}: it was deleted, "
+                                     "or the workers do not share the API's datasets folder") from None
+        except StoreError as e:
+            raise DatasetUnavailable(f"dataset {spec.id}'s store is unreadable ({e}): upload it again") from None
+        return TrainingData(Split(store.train_images, store.train_targets),
+                            Split(store.test_images, store.test_targets), store.info)
+    return TrainingData(load_split(spec.name, data_root, train=True, download=download),
+                        load_split(spec.name, data_root, train=False, download=download),
+                        BUILTIN_DATASETS[spec.name].info)
+
+
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Seeded train/validation split of range(n), each part in ascending order; own RNG, global untouched."""
     n_val = int(round(n * val_fraction))
@@ -67,10 +91,11 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor,
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
-def images_and_targets(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decoded uint8 images (N, C, H, W) and int64 targets, straight from torchvision's tensors."""
-    assert isinstance(ds, datasets.MNIST)
-    data = ds.data
+def images_and_targets(source: Source) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoded uint8 images (N, C, H, W) and int64 targets."""
+    if isinstance(source, Split):
+        return source.images, source.targets
+    data = source.data
     if data.dim() == 3:
         data = data.unsqueeze(1)
-    return data, ds.targets.long()
+    return data, source.targets.long()

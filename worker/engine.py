@@ -13,10 +13,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from app.storage import BEST, CHECKPOINT, LAST
 from worker.checkpoints import (
-    BEST,
-    CHECKPOINT,
-    LAST,
     load_checkpoint,
     restore_rng,
     rng_state,
@@ -39,6 +37,7 @@ class Training:
     test: Batches
     device: torch.device
     generator: torch.Generator  # the shuffle RNG, saved in checkpoints
+    augment_generator: torch.Generator | None = None  # the augmentation RNG, saved in checkpoints too
     val: Batches | None = None
     scheduler: Scheduler | None = None
     scheduler_interval: Literal["epoch", "batch"] = "epoch"
@@ -196,7 +195,7 @@ def fit(t: Training, *, epochs: int, job_dir: Path, hooks: Hooks | None = None,
         t.optimizer.load_state_dict(ckpt["optimizer"])
         if t.scheduler is not None and ckpt["scheduler"] is not None:
             t.scheduler.load_state_dict(ckpt["scheduler"])
-        restore_rng(ckpt["rng"], t.generator, t.device)
+        restore_rng(ckpt["rng"], t.generator, t.device, t.augment_generator)
         start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
         best_epoch, best_loss = ckpt["best_epoch"], ckpt["best_loss"]
         history = [EpochMetrics(**m) for m in json.loads(ckpt["history"])]
@@ -234,7 +233,7 @@ def fit(t: Training, *, epochs: int, job_dir: Path, hooks: Hooks | None = None,
             "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
             "epoch": epoch,
             "step": step,
-            "rng": rng_state(t.generator, t.device),
+            "rng": rng_state(t.generator, t.device, t.augment_generator),
             "best_epoch": best_epoch,
             "best_loss": best_loss,
             "history": json.dumps([asdict(m) for m in history]),

@@ -25,14 +25,12 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db import session_scope
 from app.loss_stream import LossRecord, LossStream, stream_key
+from app.storage import ARTIFACT_FILES
 from app.tables import Artifact, EpochMetric, Job, LossPoint
-from worker.checkpoints import BEST, CHECKPOINT, LAST
 from worker.claims import holds_lease
 from worker.hooks import EpochMetrics, Hooks, LossChunk, RunInfo
 
 log = logging.getLogger(__name__)
-
-ARTIFACT_FILES = {"best": BEST, "last": LAST, "checkpoint": CHECKPOINT}
 
 
 class LeaseLost(Exception):

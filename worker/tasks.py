@@ -9,14 +9,14 @@ import redis
 import torch
 from redis.exceptions import RedisError
 
+from app import storage
 from app.config import Settings, get_settings
 from app.db import session_scope
 from app.loss_stream import cancel_key
 from app.queue import TRAIN_TASK
-from app.spec import JobSpec
 from app.tables import JobStatus
+from spec.job import JobSpec
 from worker.celery_app import celery_app, process_index
-from worker.checkpoints import BEST, LAST
 from worker.claims import Claim, claim_job, finish_job, new_lease_owner, release_job
 from worker.datasets import DatasetUnavailable
 from worker.engine import FitResult, TrainingDiverged
@@ -51,7 +51,7 @@ def train_job(job_id: str) -> str:
 
 def run_claimed(claim: Claim, *, client: redis.Redis, settings: Settings) -> str:
     """Train a claimed job with heartbeat and reporter; returns the status it ended with."""
-    job_dir = settings.artifacts_path / claim.job_id
+    job_dir = storage.job_dir(settings.artifacts_path, claim.job_id)
     outcome: FitResult | str
     try:
         with Heartbeat(job_id=claim.job_id, lease_owner=claim.lease_owner, client=client,
@@ -135,7 +135,7 @@ def result_of(fit: FitResult, job_dir: Path) -> dict[str, Any]:
         "epochs": len(fit.history),
         "steps": fit.steps,
         "device": fit.device,
-        "weights": {"best": str((job_dir / BEST).resolve()), "last": str((job_dir / LAST).resolve())},
+        "weights": {which: str((job_dir / name).resolve()) for which, name in storage.WEIGHT_FILES.items()},
     }
 
 

@@ -1,35 +1,38 @@
-"""The catalog: everything a JobSpec can name, generated from the registries."""
+"""The catalog: everything a JobSpec can name, generated from the registries, and the owner's datasets."""
 
 from functools import lru_cache
 
 from fastapi import APIRouter
 
+from app import datasets
+from app.deps import OwnerDep, SessionDep
 from app.schemas import (
     ArchitectureInfo,
+    CatalogDataset,
     CatalogPublic,
-    DatasetInfo,
     ImageShape,
     LossInfo,
     OptimizerInfo,
     SchedulerInfo,
 )
-from models import ARCHITECTURES
-from worker.datasets import DATASETS
-from worker.optim import LOSSES, OPTIMIZERS, SCHEDULERS
+from spec.architectures import ARCHITECTURES
+from spec.datasets import BUILTIN_DATASETS, DatasetInfo
+from spec.training import LOSSES, OPTIMIZERS, SCHEDULERS
 
 router = APIRouter(tags=["catalog"])
+
+
+def _catalog_dataset(name: str, dataset_id: str | None, description: str, info: DatasetInfo) -> CatalogDataset:
+    return CatalogDataset(name=name, id=dataset_id, source="builtin" if dataset_id is None else "upload",
+                          description=description, classes=info.classes,
+                          shape=ImageShape.model_validate(info.shape.model_dump()))
 
 
 @lru_cache
 def build_catalog() -> CatalogPublic:
     """The registries as JSON: names, descriptions and the JSON schema of each entry's params."""
     return CatalogPublic(
-        datasets=[
-            DatasetInfo(name=d.name, description=d.description, classes=list(d.classes),
-                        shape=ImageShape(channels=d.shape.channels, height=d.shape.height,
-                                         width=d.shape.width))
-            for d in DATASETS.values()
-        ],
+        datasets=[_catalog_dataset(d.name, None, d.description, d.info) for d in BUILTIN_DATASETS.values()],
         architectures=[
             ArchitectureInfo(name=a.name, description=a.description, params=a.params.model_json_schema(),
                              output=a.output, min_size=a.min_size)
@@ -46,6 +49,13 @@ def build_catalog() -> CatalogPublic:
 
 
 @router.get("/catalog")
-def get_catalog() -> CatalogPublic:
-    """Datasets, architectures, optimizers, losses and schedulers a JobSpec can name, with their params."""
-    return build_catalog()
+def get_catalog(session: SessionDep, owner: OwnerDep) -> CatalogPublic:
+    """Datasets (built-in, and your ready uploads), architectures, optimizers, losses and schedulers a
+    JobSpec can name, with their params."""
+    catalog = build_catalog()
+    uploads = [
+        _catalog_dataset(d.name, d.id, f"Uploaded dataset ({d.layout}), ready since {d.ready_at:%Y-%m-%d %H:%M} UTC.",
+                         DatasetInfo.model_validate(d.info))
+        for d in datasets.ready_datasets(session=session, owner=owner) if d.info is not None
+    ]
+    return catalog.model_copy(update={"datasets": catalog.datasets + uploads})

@@ -20,8 +20,8 @@ from app.schemas import (
     MetricsPublic,
     error_responses,
 )
-from app.spec import JobSpec
 from app.tables import JobStatus
+from spec.job import JobSpec
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

@@ -37,7 +37,8 @@ def predict(
             f"{len(files)} files in one request; at most {settings.predict_max_files} are accepted")
     job = jobs.succeeded_job(session=session, owner=owner, job_id=job_id)
     uploads = [Upload(f.filename or f"files[{i}]", f.file.read()) for i, f in enumerate(files)]
-    predictions = predictor.predict(job_id=job.id, spec=jobs.job_spec(job), uploads=uploads)
+    spec = jobs.job_spec(job)
+    predictions = predictor.predict(job_id=job.id, spec=spec, info=jobs.job_dataset(job, spec), uploads=uploads)
     return PredictionsPublic(
         job_id=job.id,
         predictions=[PredictionPublic(filename=p.filename, class_index=p.class_index, label=p.label,

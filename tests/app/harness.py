@@ -23,10 +23,10 @@ import app.db
 import app.queue
 from app.config import Settings, get_settings
 from app.db import session_scope
-from app.spec import JobSpec
 from app.tables import Job, JobStatus, utcnow
 from models import build_model
-from worker.datasets import DATASETS
+from spec.datasets import BUILTIN_DATASETS, DatasetInfo
+from spec.job import JobSpec
 
 # A Redis port nothing listens on: connections are refused at once.
 DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
@@ -105,12 +105,19 @@ def add_job(
     return job.id
 
 
+def seeded_network(spec: dict[str, Any], *, seed: int = 0, info: DatasetInfo | None = None) -> torch.nn.Module:
+    """The spec's network, built after torch.manual_seed(seed), for a built-in dataset or `info`'s data."""
+    job_spec = JobSpec.model_validate(spec)
+    if info is None:
+        info = BUILTIN_DATASETS[job_spec.dataset.name].info
+    torch.manual_seed(seed)
+    return build_model(job_spec.model.arch, job_spec.model_params, info.input_shape())
+
+
 def write_weights(env: ApiEnv, job_id: str, spec: dict[str, Any] | None = None, *, seed: int = 0,
                   which: str = "best") -> Path:
     """Real weights: the job's network, seeded, saved as a safetensors state_dict where the engine puts it."""
-    job_spec = JobSpec.model_validate(spec or {"dataset": {"name": "fashion-mnist"}, "model": {"arch": "mlp"}})
-    torch.manual_seed(seed)
-    network = build_model(job_spec.model.arch, job_spec.model_params, DATASETS[job_spec.dataset.name].shape)
+    network = seeded_network(spec or {"dataset": {"name": "fashion-mnist"}, "model": {"arch": "mlp"}}, seed=seed)
     path = env.settings.artifacts_path / job_id / f"{which}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(network.state_dict(), str(path))

@@ -8,18 +8,19 @@ from sqlalchemy.engine import make_url
 
 from app.db import normalize_url
 from app.main import create_app
-from models import ARCHITECTURES
+from spec.architectures import ARCHITECTURES
+from spec.datasets import BUILTIN_DATASETS
+from spec.training import LOSSES, OPTIMIZERS, SCHEDULERS
 from tests.app.harness import DEAD_REDIS_URL, cleanup, configure
-from worker.datasets import DATASETS
-from worker.optim import LOSSES, OPTIMIZERS, SCHEDULERS
 
 
 def test_catalog_is_generated_from_the_registries(client: TestClient):
     catalog = client.get("/catalog").json()
-    assert [d["name"] for d in catalog["datasets"]] == list(DATASETS)
+    assert [d["name"] for d in catalog["datasets"]] == list(BUILTIN_DATASETS)
     fashion = catalog["datasets"][0]
     assert fashion["shape"] == {"channels": 1, "height": 28, "width": 28}
-    assert fashion["classes"] == list(DATASETS["fashion-mnist"].classes)
+    assert fashion["classes"] == BUILTIN_DATASETS["fashion-mnist"].info.classes
+    assert (fashion["source"], fashion["id"]) == ("builtin", None)
 
     assert [a["name"] for a in catalog["architectures"]] == list(ARCHITECTURES)
     mlp = next(a for a in catalog["architectures"] if a["name"] == "mlp")

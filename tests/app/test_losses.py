@@ -97,7 +97,7 @@ def test_empty_series_keeps_the_cursor(client: TestClient, env: ApiEnv):
 
 def test_bad_cursor_and_limits(client: TestClient, env: ApiEnv):
     job_id = add_job(env)
-    for after in ("nonsense", cursors.encode_job(utcnow(), "x"), cursors.encode("losses", "7")):
+    for after in ("nonsense", cursors.encode_created("jobs", utcnow(), "x"), cursors.encode("losses", "7")):
         r = client.get(f"/jobs/{job_id}/losses", params={"after": after})
         assert r.status_code == 400 and "cursor" in r.json()["detail"]
     assert client.get(f"/jobs/{job_id}/losses", params={"limit": 0}).status_code == 422

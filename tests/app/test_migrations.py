@@ -15,7 +15,7 @@ from app.db import make_engine, normalize_url
 from app.migrate import alembic_config, upgrade_head
 from app.tables import Base
 
-TABLES = {"jobs", "epoch_metrics", "loss_points", "artifacts", "alembic_version"}
+TABLES = {"jobs", "epoch_metrics", "loss_points", "artifacts", "datasets", "alembic_version"}
 
 
 @pytest.fixture

@@ -17,11 +17,10 @@ from app.db import session_scope
 from app.errors import NotFound
 from app.main import create_app
 from app.predictor import Predictor
-from app.spec import JobSpec
 from app.tables import Job, JobStatus
-from models import build_model
-from tests.app.harness import ApiEnv, add_job, write_weights
-from worker.datasets import DATASETS, FASHION_CLASSES
+from spec.datasets import BUILTIN_DATASETS, FASHION_CLASSES
+from spec.job import JobSpec
+from tests.app.harness import ApiEnv, add_job, seeded_network, write_weights
 
 FASHION_MLP = {"dataset": {"name": "fashion-mnist"}, "model": {"arch": "mlp"}}
 MNIST_MLP = {"dataset": {"name": "mnist"}, "model": {"arch": "mnist-mlp"}, "loss": "nll",
@@ -41,26 +40,17 @@ def images(n: int, seed: int = 0) -> list[np.ndarray]:
 
 def expected_probabilities(spec: dict, arrays: list[np.ndarray]) -> torch.Tensor:
     """The same network, seeded as write_weights seeds it, on ToTensor'd images."""
-    job_spec = JobSpec.model_validate(spec)
-    torch.manual_seed(0)
-    network = build_model(job_spec.model.arch, job_spec.model_params, DATASETS[job_spec.dataset.name].shape).eval()
+    network = seeded_network(spec).eval()
     batch = torch.stack([torch.from_numpy(a).float().div(255).unsqueeze(0) for a in arrays])
     with torch.no_grad():
         return torch.softmax(network(batch), dim=1)
-
-
-def seeded_network(spec: dict) -> torch.nn.Module:
-    """The network write_weights saves (same seed), in eval mode."""
-    job_spec = JobSpec.model_validate(spec)
-    torch.manual_seed(0)
-    return build_model(job_spec.model.arch, job_spec.model_params, DATASETS[job_spec.dataset.name].shape).eval()
 
 
 def reference_probabilities(images: list[Image.Image], spec: dict = FASHION_MLP) -> torch.Tensor:
     """The network on the reference preprocessing: convert("L"), bilinear resize to 28x28, ToTensor."""
     batch = torch.stack([to_tensor(i.convert("L").resize((28, 28), Image.Resampling.BILINEAR)) for i in images])
     with torch.no_grad():
-        return torch.softmax(seeded_network(spec)(batch), dim=1)
+        return torch.softmax(seeded_network(spec).eval()(batch), dim=1)
 
 
 def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
@@ -326,6 +316,7 @@ def test_weights_deleted_before_a_cold_load_are_not_found(client: TestClient, en
     weights.unlink()
     predictor = Predictor(artifacts=env.settings.artifacts_path, cache_size=2, max_pixels=100)
     with pytest.raises(NotFound, match=f"job {job_id} has no best weights file"):
-        predictor.load(job_id=job_id, spec=JobSpec.model_validate(FASHION_MLP))
+        predictor.load(job_id=job_id, spec=JobSpec.model_validate(FASHION_MLP),
+                       info=BUILTIN_DATASETS["fashion-mnist"].info)
     r = post(client, job_id, [("a.png", png(images(1)[0]))])
     assert r.status_code == 404 and "has no best weights file" in r.json()["detail"]

@@ -3,7 +3,8 @@ import torch
 from pydantic import ValidationError
 
 from bench.tutorial_loop import NeuralNetwork
-from models import ARCHITECTURES, InputShape, build_model
+from models import build_model
+from spec.architectures import ARCHITECTURES, InputShape
 
 FASHION = InputShape(1, 28, 28, 10)
 

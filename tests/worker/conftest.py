@@ -4,7 +4,7 @@ from typing import Any
 import pytest
 
 from app.config import Settings
-from app.spec import JobSpec
+from spec.job import JobSpec
 from worker.hooks import EpochMetrics, Hooks, LossChunk, RunInfo
 
 

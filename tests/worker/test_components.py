@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from app.config import Settings
-from worker.optim import LOSSES, OPTIMIZERS, SCHEDULERS
+from spec.training import LOSSES, OPTIMIZERS, SCHEDULERS
+from worker.optim import LOSS_BUILDERS
 from worker.training import pick_device, run_job
 
 from .conftest import spec
@@ -43,13 +44,13 @@ def test_losses(name: str, settings: Settings, tmp_path: Path):
 def test_mse_uses_the_tutorials_one_hot_targets():
     output, y = torch.randn(4, 10), torch.tensor([3, 0, 9, 3])
     lambda_targets = torch.stack([torch.zeros(10, dtype=torch.float).scatter_(0, t, value=1) for t in y])
-    assert torch.equal(LOSSES["mse"].build(None)(output, y), F.mse_loss(output, lambda_targets))
+    assert torch.equal(LOSS_BUILDERS["mse"](None)(output, y), F.mse_loss(output, lambda_targets))
 
 
 def test_cross_entropy_label_smoothing():
     output, y = torch.randn(4, 10), torch.tensor([3, 0, 9, 3])
     params = LOSSES["cross_entropy"].params(label_smoothing=0.1)
-    assert torch.equal(LOSSES["cross_entropy"].build(params)(output, y),
+    assert torch.equal(LOSS_BUILDERS["cross_entropy"](params)(output, y),
                        F.cross_entropy(output, y, label_smoothing=0.1))
 
 

@@ -7,10 +7,11 @@ import torch
 from safetensors.torch import load_file
 
 from app.config import Settings
+from app.storage import BEST, CHECKPOINT, LAST
 from bench.tutorial_loop import run_tutorial
 from models import build_model
-from worker.checkpoints import BEST, CHECKPOINT, LAST, load_checkpoint
-from worker.datasets import DATASETS
+from spec.datasets import BUILTIN_DATASETS
+from worker.checkpoints import load_checkpoint
 from worker.engine import TrainingDiverged
 from worker.training import run_job
 
@@ -106,7 +107,7 @@ def test_checkpoint_and_weights(settings: Settings, tmp_path: Path):
     val_losses = [m.val_loss for m in result.history]
     assert result.best_loss == min(val_losses)  # best by validation loss when there is a split
     assert result.best_epoch == val_losses.index(min(val_losses)) + 1
-    model = build_model("mlp", SHUFFLED["model"]["params"], DATASETS["fashion-mnist"].shape)  # type: ignore
+    model = build_model("mlp", SHUFFLED["model"]["params"], BUILTIN_DATASETS["fashion-mnist"].info.input_shape())  # type: ignore
     model.load_state_dict(load_file(str(job / LAST)))
     assert all(torch.equal(v, ckpt["model"][k]) for k, v in model.state_dict().items())
     best = load_file(str(job / BEST))

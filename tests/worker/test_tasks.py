@@ -22,8 +22,8 @@ from app.jobs import cancel_job, create_job
 from app.loss_stream import LossRecord, LossStream, cancel_key, stream_key
 from app.migrate import upgrade_head
 from app.queue import enqueue_training, queue_name
-from app.spec import JobSpec
 from app.tables import Artifact, EpochMetric, Job, JobStatus, LossPoint, utcnow
+from spec.job import JobSpec
 from tests.app.harness import reset_caches
 from tests.processes import Service, service_env, start_worker, wait_for
 from worker.hooks import EpochMetrics, Hooks, LossChunk, RunInfo

@@ -2,12 +2,22 @@
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from models import ARCHITECTURES
-from models.params import Params
-from worker.datasets import DATASETS
-from worker.optim import LOSSES, OPTIMIZERS, SCHEDULERS
+from spec.architectures import ARCHITECTURES, misfit
+from spec.datasets import BUILTIN_DATASETS
+from spec.params import Params
+from spec.training import LOSSES, OPTIMIZERS, SCHEDULERS
 
 
 def _tagged(tag: str, entries: dict[str, Any], suffix: str, *, nested: str | None = None) -> Any:
@@ -41,17 +51,60 @@ else:
     SchedulerSpec = _tagged("name", SCHEDULERS, "Scheduler")
     ModelSpec = _tagged("arch", ARCHITECTURES, "Model", nested="params")
 
-DatasetName = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
+DatasetName = Literal[tuple(BUILTIN_DATASETS)]  # type: ignore[valid-type]
 
 
-class DatasetSpec(Params):
+class RandomCrop(Params):
+    """Pad each side by `padding` pixels (zeros), then crop back to the image size at a random offset."""
+
+    padding: Annotated[int, Field(ge=1, le=64)] = 4
+
+
+class Augment(Params):
+    """Seeded augmentations of training batches, applied on the training device (never to val/test)."""
+
+    random_crop: RandomCrop | None = None
+    horizontal_flip: bool = Field(default=False, description="Mirror each image left-right with p = 0.5.")
+
+    @property
+    def active(self) -> bool:
+        return self.random_crop is not None or self.horizontal_flip
+
+
+class DataOptions(Params):
+    val_fraction: Annotated[float, Field(ge=0, le=0.5, description=(
+        "Share of the training images held out for validation (seeded); the best weights are chosen "
+        "by validation loss when there is a split."))] = 0.0
+    normalize: bool = Field(default=False, description=(
+        "Standardize each channel with the dataset's mean and std (of its training images)."))
+    augment: Augment = Field(default_factory=Augment)
+
+
+class BuiltinDatasetSpec(DataOptions):
     name: DatasetName = "fashion-mnist"  # type: ignore[valid-type]
-    val_fraction: Annotated[float, Field(ge=0, le=0.5)] = 0.0
+
+
+class UploadedDatasetSpec(DataOptions):
+    id: Annotated[str, Field(min_length=1, max_length=64, description="An uploaded dataset (POST /datasets).")]
+
+
+def _dataset_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        if "id" in value and "name" in value:
+            return None
+        return "id" if "id" in value else "name"
+    return "id" if isinstance(value, UploadedDatasetSpec) else "name"
+
+
+DatasetSpec = Annotated[
+    Annotated[BuiltinDatasetSpec, Tag("name")] | Annotated[UploadedDatasetSpec, Tag("id")],
+    Discriminator(_dataset_kind, custom_error_type="dataset_kind", custom_error_message=(
+        "give either 'name' (a built-in dataset: " + ", ".join(map(repr, BUILTIN_DATASETS)) + ") or 'id' "
+        "(an uploaded dataset), not both")),
+]
 
 
 def _default(spec: Any, value: dict[str, Any]) -> Any:
-    from pydantic import TypeAdapter
-
     return Field(default_factory=lambda: TypeAdapter(spec).validate_python(value))
 
 
@@ -72,7 +125,7 @@ class JobSpec(BaseModel):
     )
 
     name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    dataset: DatasetSpec = Field(default_factory=BuiltinDatasetSpec)
     model: ModelSpec = _default(ModelSpec, {"arch": "mlp"})
     optimizer: OptimizerSpec = _default(OptimizerSpec, {"name": "sgd"})
     scheduler: SchedulerSpec | None = None
@@ -103,10 +156,17 @@ class JobSpec(BaseModel):
                 f"loss {loss.name!r} expects log-probabilities but arch {arch.name!r} outputs logits: "
                 "use loss 'cross_entropy', or an arch with a log_softmax output such as 'mnist-mlp'"
             )
-        shape = DATASETS[self.dataset.name].shape
-        if min(shape.height, shape.width) < arch.min_size:
-            raise ValueError(f"arch {arch.name!r} needs images of at least {arch.min_size} px")
+        # An uploaded dataset's shape is known only to the database: the API checks it on submission.
+        if isinstance(self.dataset, BuiltinDatasetSpec):
+            shape = BUILTIN_DATASETS[self.dataset.name].info.shape
+            if (reason := misfit(arch.name, shape.height, shape.width)) is not None:
+                raise ValueError(reason)
         return self
+
+    @property
+    def uploaded_dataset(self) -> str | None:
+        """The id of the uploaded dataset this job trains on; None for a built-in one."""
+        return self.dataset.id if isinstance(self.dataset, UploadedDatasetSpec) else None
 
     @property
     def model_params(self) -> Params:

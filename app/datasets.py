@@ -1,0 +1,107 @@
+"""Dataset service functions: keyword-only, scoped by owner, raising domain errors (never HTTP ones).
+
+The upload itself is streamed to disk by app.uploads; the ingest (archive -> decoded store) runs on a
+worker (worker.ingest). Here: the rows, and which jobs may use a dataset.
+"""
+
+import logging
+import shutil
+from pathlib import Path
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from app import storage
+from app.config import Settings
+from app.errors import Conflict, InvalidSpec, NotFound, Unavailable
+from app.paging import newest_first
+from app.queue import enqueue_ingest
+from app.tables import Dataset, DatasetStatus, Job, JobStatus
+from spec.datasets import DatasetInfo, IngestOptions
+
+log = logging.getLogger(__name__)
+
+ACTIVE_JOBS = (JobStatus.queued, JobStatus.running)
+
+
+def create_dataset(*, session: Session, owner: str, dataset_id: str, name: str, options: IngestOptions,
+                   archive_bytes: int, settings: Settings) -> Dataset:
+    """Record an uploaded archive (already in its folder) as `processing` and enqueue its ingest.
+
+    If the queue is down, the row and the folder go again: a refused upload leaves nothing behind."""
+    dataset = Dataset(id=dataset_id, owner=owner, name=name, status=DatasetStatus.processing,
+                      options=options.model_dump(mode="json"), archive_bytes=archive_bytes)
+    session.add(dataset)
+    session.commit()  # before enqueueing: the worker that gets the message must find the row
+    try:
+        enqueue_ingest(dataset.id, settings)
+    except Unavailable as e:
+        session.execute(delete(Dataset).where(Dataset.id == dataset.id, Dataset.lease_owner.is_(None))
+                        .execution_options(synchronize_session=False))
+        session.commit()
+        session.expunge(dataset)
+        shutil.rmtree(storage.dataset_dir(settings.datasets_path, dataset.id), ignore_errors=True)
+        raise Unavailable(f"the dataset was not accepted: {e.detail}. Nothing was kept; upload it again "
+                          "shortly") from e
+    return dataset
+
+
+def get_dataset(*, session: Session, owner: str, dataset_id: str) -> Dataset:
+    dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.owner == owner))
+    if dataset is None:
+        raise NotFound(f"no dataset {dataset_id!r}")
+    return dataset
+
+
+def list_datasets(*, session: Session, owner: str, status: DatasetStatus | None, limit: int,
+                  cursor: str | None) -> tuple[list[Dataset], str | None]:
+    """One page of the owner's datasets, newest first, and the cursor of the next page."""
+    query = select(Dataset).where(Dataset.owner == owner)
+    if status is not None:
+        query = query.where(Dataset.status == status)
+    return newest_first(session, query, Dataset, kind="datasets", limit=limit, cursor=cursor)
+
+
+def ready_datasets(*, session: Session, owner: str) -> list[Dataset]:
+    """The owner's datasets a job can train on, newest first."""
+    return list(session.scalars(select(Dataset).where(Dataset.owner == owner, Dataset.status == DatasetStatus.ready)
+                                .order_by(Dataset.created_at.desc(), Dataset.id.desc())))
+
+
+def _locked(session: Session, owner: str, dataset_id: str) -> Dataset | None:
+    # FOR UPDATE: a job submission and a deletion of the same dataset take this lock in turn, so a job
+    # is never accepted for a dataset being deleted (SQLite serializes writers anyway).
+    return session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.owner == owner)
+                          .with_for_update())
+
+
+def dataset_for_job(*, session: Session, owner: str, dataset_id: str) -> DatasetInfo:
+    """What a job on this dataset needs to know; the row stays locked until the caller commits."""
+    dataset = _locked(session, owner, dataset_id)
+    if dataset is None:
+        raise InvalidSpec(f"dataset.id: no dataset {dataset_id!r}; GET /datasets lists yours")
+    if dataset.status == DatasetStatus.processing:
+        raise Conflict(f"dataset {dataset_id} is still processing: submit the job once it is ready "
+                       f"(GET /datasets/{dataset_id})")
+    if dataset.status != DatasetStatus.ready or dataset.info is None:
+        raise Conflict(f"dataset {dataset_id} failed ({dataset.error}): it cannot be trained on; upload it again")
+    return DatasetInfo.model_validate(dataset.info)
+
+
+def delete_dataset(*, session: Session, owner: str, dataset_id: str, datasets_dir: Path) -> None:
+    """Delete a dataset and its files, unless a queued or running job trains on it (a processing one is
+    deleted too: its ingest finds the row gone and keeps nothing)."""
+    dataset = _locked(session, owner, dataset_id)
+    if dataset is None:
+        raise NotFound(f"no dataset {dataset_id!r}")
+    # Counted after the lock is held: a job submitted meanwhile has committed and is seen.
+    users = list(session.scalars(select(Job.id).where(Job.dataset_id == dataset.id, Job.status.in_(ACTIVE_JOBS))
+                                 .order_by(Job.created_at).limit(5)))
+    if users:
+        count = session.scalar(select(func.count()).where(Job.dataset_id == dataset.id,
+                                                         Job.status.in_(ACTIVE_JOBS)))
+        raise Conflict(f"dataset {dataset.id} is used by {count} queued or running job(s) ({', '.join(users)}): "
+                       "cancel them or wait until they end, then delete it")
+    session.delete(dataset)
+    session.commit()
+    shutil.rmtree(storage.dataset_dir(datasets_dir, dataset.id), ignore_errors=True)

@@ -1,0 +1,115 @@
+"""Datasets: upload a labelled image archive, follow its ingest, list, inspect, delete."""
+
+import shutil
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi import status as http_status
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from app import datasets, storage
+from app.db import new_session
+from app.deps import OwnerDep, SessionDep, SettingsDep
+from app.errors import InvalidSpec, UnsupportedMedia
+from app.schemas import DatasetPublic, DatasetsPublic, error_responses
+from app.tables import DatasetStatus, new_id
+from app.uploads import receive_form
+from spec.datasets import IngestOptions
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+OPTION_FIELDS = frozenset(IngestOptions.model_fields)
+FORM_FIELDS = OPTION_FIELDS | {"name"}
+
+_UPLOAD_FORM: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "required": ["name", "file"],
+            "properties": {
+                "name": {"type": "string", "maxLength": 200, "description": "A name for the dataset."},
+                "file": {"type": "string", "format": "binary",
+                         "description": ".zip, .tar or .tar.gz: class folders (<class>/<image>, optionally under "
+                                        "train/ and test/), or a CSV of file,label next to the images."},
+                **{name: {**{k: v for k, v in schema.items() if k in ("description", "default", "enum")},
+                          "type": "string"}
+                   for name, schema in IngestOptions.model_json_schema()["properties"].items()},
+            },
+        }}},
+    },
+}
+
+
+def _options(fields: dict[str, str]) -> tuple[str, IngestOptions]:
+    name = fields.get("name", "").strip()
+    if not 1 <= len(name) <= 200:
+        raise InvalidSpec("name: required, 1 to 200 characters")
+    raw: dict[str, Any] = {k: v for k, v in fields.items() if k in OPTION_FIELDS and v.strip() != ""}
+    if "skip_invalid" in raw:
+        raw["skip_invalid"] = raw["skip_invalid"].strip().lower()
+    try:
+        return name, IngestOptions.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "options"
+        raise InvalidSpec(f"{where}: {first['msg']}") from None
+
+
+@router.post(
+    "", status_code=http_status.HTTP_202_ACCEPTED, openapi_extra=_UPLOAD_FORM,
+    responses=error_responses(400, 413, 415, 422, 503),
+)
+async def upload_dataset(request: Request, owner: OwnerDep, settings: SettingsDep) -> DatasetPublic:
+    """Upload a labelled image archive; it is ingested off the API (status processing -> ready | failed)."""
+    dataset_id = new_id()
+    folder = storage.dataset_dir(settings.datasets_path, dataset_id)
+    await run_in_threadpool(folder.mkdir, parents=True)
+    try:
+        form = await receive_form(request, dest=folder / storage.ARCHIVE, file_field="file", fields=FORM_FIELDS)
+        name, options = _options(form.fields)
+        if storage.archive_kind(form.head) is None:
+            raise UnsupportedMedia(f"file {form.filename!r} is not a .zip, .tar or .tar.gz archive")
+
+        def create() -> DatasetPublic:
+            with new_session() as session:
+                return DatasetPublic.of(datasets.create_dataset(
+                    session=session, owner=owner, dataset_id=dataset_id, name=name, options=options,
+                    archive_bytes=form.size, settings=settings))
+
+        return await run_in_threadpool(create)
+    except BaseException:
+        await run_in_threadpool(shutil.rmtree, folder, True)
+        raise
+
+
+@router.get("", responses=error_responses(400))
+def list_datasets(
+    session: SessionDep,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    status: DatasetStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="Page size (capped at the server's "
+                                "page_size_max).")] = 50,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+) -> DatasetsPublic:
+    """List your datasets, newest first, optionally of one status."""
+    rows, next_cursor = datasets.list_datasets(session=session, owner=owner, status=status,
+                                               limit=min(limit, settings.page_size_max), cursor=cursor)
+    return DatasetsPublic(data=[DatasetPublic.of(d) for d in rows], next_cursor=next_cursor)
+
+
+@router.get("/{dataset_id}", responses=error_responses(404))
+def get_dataset(dataset_id: str, session: SessionDep, owner: OwnerDep) -> DatasetPublic:
+    """A dataset's status (with ingest progress), classes, per-class counts per split, image shape,
+    statistics, skipped files and error."""
+    return DatasetPublic.of(datasets.get_dataset(session=session, owner=owner, dataset_id=dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=http_status.HTTP_204_NO_CONTENT, responses=error_responses(404, 409))
+def delete_dataset(dataset_id: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep) -> Response:
+    """Delete a dataset and its files (409 while a queued or running job trains on it)."""
+    datasets.delete_dataset(session=session, owner=owner, dataset_id=dataset_id,
+                            datasets_dir=settings.datasets_path)
+    return Response(status_code=http_status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,42 @@
+"""File names on the shared disk (artifacts and datasets folders): the one home of these names, imported by
+the API and the workers alike."""
+
+from pathlib import Path
+from typing import Literal
+
+# A folder per job under the artifacts folder.
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.safetensors"
+LAST = "last.safetensors"
+WEIGHT_FILES = {"best": BEST, "last": LAST}
+ARTIFACT_FILES = {"best": BEST, "last": LAST, "checkpoint": CHECKPOINT}
+
+# A folder per dataset under the datasets folder: the upload until it is ingested, then the store.
+ARCHIVE = "archive"
+STORE = "store.safetensors"
+
+
+ArchiveKind = Literal["zip", "tar", "gzip", "bzip2", "xz"]
+
+
+def archive_kind(head: bytes) -> ArchiveKind | None:
+    """What an uploaded file is, from its first 512 bytes (compressed ones are expected to hold a tar)."""
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head[:3] == b"BZh":
+        return "bzip2"
+    if head[:6] == b"\xfd7zXZ\x00":
+        return "xz"
+    if head[257:262] == b"ustar" or (len(head) >= 512 and not head.strip(b"\x00")):
+        return "tar"  # with a POSIX/GNU header, or empty (a tar of nothing is all zeros)
+    return None
+
+
+def job_dir(artifacts: Path, job_id: str) -> Path:
+    return artifacts / job_id
+
+
+def dataset_dir(datasets: Path, dataset_id: str) -> Path:
+    return datasets / dataset_id
