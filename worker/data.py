@@ -97,6 +97,7 @@ class TensorBatches:
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, *, batch_size: int, shuffle: bool,
                  generator: torch.Generator, device: torch.device, transform: BatchTransform | None = None,
                  resident: bool = True):
+        self.resident = resident
         home = device if resident else torch.device("cpu")
         self.x = images.to(home)
         self.y = targets.to(home)

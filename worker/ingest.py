@@ -18,7 +18,7 @@ from app.config import Settings
 from app.storage import STORE
 from spec.datasets import DatasetInfo, ImageShape, IngestOptions
 from worker.archives import Archive, ArchiveRejected, Limits, open_archive
-from worker.layouts import Item, Labelled, Layout, SkipLog, check_every_class, find_layout
+from worker.layouts import Item, Labelled, Layout, SkipLog, check_every_class, find_layout, store_order
 from worker.store import write_store
 
 SCRATCH = ".archive.tar"
@@ -102,7 +102,7 @@ def stratified_split(items: list[Item], n_classes: int, fraction: float, seed: i
         held = set(rng.permutation(len(members))[:n_test].tolist())
         for i, item in enumerate(members):
             (test if i in held else train).append(item)
-    return train, test
+    return sorted(train, key=store_order), sorted(test, key=store_order)
 
 
 def channel_stats(images_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -6,9 +6,9 @@
   optionally a second CSV, named test*.csv, for the test split; optionally `classes.txt`, one class name
   per line, giving the class order (and the names of integer labels).
 
-Classes are sorted by name unless classes.txt orders them. Within a class, images are sorted by their path
-in the class folder (or relative to the CSV's image folder), so the same images give the same dataset
-whatever the archive's or the CSV's order.
+Classes are sorted by name unless classes.txt orders them. Images are sorted by their path in their class
+folder (or relative to the CSV's image folder), then by class (store_order), so the same images give the
+same dataset whatever the archive's or the CSV's order.
 """
 
 import csv
@@ -29,6 +29,13 @@ CLASSES_FILE = "classes.txt"
 FILE_COLUMNS = ("file", "filename", "file_name", "image", "image_path", "path", "img", "name")
 LABEL_COLUMNS = ("label", "class", "class_name", "target", "category", "y")
 MAX_EXAMPLES = 10
+
+
+def store_order(item: "Item") -> tuple[str, int]:
+    """Images are stored by file name (within its class folder, or relative to the CSV's images), then class:
+    numbered exports interleave the classes (as the original files of MNIST-like datasets do), so even an
+    unshuffled job does not see one class after another; and an export keeps its original order."""
+    return item.key, item.label
 
 
 class LayoutRejected(ArchiveRejected):
@@ -156,7 +163,7 @@ def _from_folders(files: list[tuple[Member, str]], listed: list[str] | None, ski
     classes = listed if listed is not None else names
 
     def items(part: str) -> list[Item]:
-        return sorted((Item(m, index[c], key) for c, m, key in parts[part]), key=lambda i: (i.label, i.key))
+        return sorted((Item(m, index[c], key) for c, m, key in parts[part]), key=store_order)
 
     return Labelled("class_folders", classes, items("train"), items("test") or None)
 
@@ -214,8 +221,7 @@ def _from_csv(files: list[tuple[Member, str]], csvs: list[tuple[Member, str]], r
                 raise LayoutRejected(f"{where}: label {label!r} is not a class of the training CSV (unknown labels)")
 
     def items(part: str) -> list[Item]:
-        return sorted((Item(m, index[label], key) for _, m, key, label in rows[part]),
-                      key=lambda i: (i.label, i.key))
+        return sorted((Item(m, index[label], key) for _, m, key, label in rows[part]), key=store_order)
 
     return Labelled("csv", classes, items("train"), items("test") if tests else None)
 

@@ -23,42 +23,49 @@ SHUFFLED = dict(shuffle=True, dataset={"name": "fashion-mnist", "val_fraction": 
                 model={"arch": "mlp", "params": {"hidden": [64, 64], "dropout": 0.3}},
                 optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9},
                 scheduler={"name": "onecycle", "max_lr": 0.1}, epochs=3, batch_size=32)
+# The same with normalization and seeded augmentation: a second RNG whose state a resume restores too.
+AUGMENTED = {**SHUFFLED, "dataset": {"name": "fashion-mnist", "val_fraction": 0.2, "normalize": True,
+                                     "augment": {"random_crop": {"padding": 3}, "horizontal_flip": True}}}
 
 
-def test_same_spec_and_seed_give_identical_losses(settings: Settings, tmp_path: Path):
+@pytest.mark.parametrize("variant", [SHUFFLED, AUGMENTED], ids=["shuffled", "augmented"])
+def test_same_spec_and_seed_give_identical_losses(settings: Settings, tmp_path: Path, variant: dict):
     a, b, c = Recorder(), Recorder(), Recorder()
-    run_job(spec(**SHUFFLED), tmp_path / "a", settings=settings, hooks=a)
-    run_job(spec(**SHUFFLED), tmp_path / "b", settings=settings, hooks=b)
-    run_job(spec(**SHUFFLED, seed=1), tmp_path / "c", settings=settings, hooks=c)
+    run_job(spec(**variant), tmp_path / "a", settings=settings, hooks=a)
+    run_job(spec(**variant), tmp_path / "b", settings=settings, hooks=b)
+    run_job(spec(**{**variant, "seed": 1}), tmp_path / "c", settings=settings, hooks=c)
     assert a.losses == b.losses and len(a.losses) == 3 * 13
     assert a.losses != c.losses
 
 
-def test_memory_and_dataloader_paths_give_identical_losses(tiny_data_root: Path, tmp_path: Path):
+@pytest.mark.parametrize("variant", [SHUFFLED, AUGMENTED], ids=["shuffled", "augmented"])
+def test_memory_and_dataloader_paths_give_identical_losses(tiny_data_root: Path, tmp_path: Path, variant: dict):
     runs = {}
     for mode in ("memory", "loader"):
         rec = Recorder()
         s = Settings(state_dir=tmp_path / mode, data_root=tiny_data_root, data_mode=mode)
-        result = run_job(spec(**SHUFFLED), tmp_path / mode / "job", settings=s, hooks=rec)
+        result = run_job(spec(**variant), tmp_path / mode / "job", settings=s, hooks=rec)
         runs[mode] = (rec.losses, [(m.test_loss, m.test_accuracy, m.val_loss) for m in result.history])
     assert runs["memory"] == runs["loader"]
 
 
-@pytest.mark.parametrize("stop_epoch", [1, 2])
-def test_resume_from_checkpoint_reproduces_uninterrupted_run(settings: Settings, tmp_path: Path, stop_epoch: int):
+@pytest.mark.parametrize(("variant", "stop_epoch"), [(SHUFFLED, 1), (SHUFFLED, 2), (AUGMENTED, 1)],
+                         ids=["shuffled-1", "shuffled-2", "augmented-1"])
+def test_resume_from_checkpoint_reproduces_uninterrupted_run(settings: Settings, tmp_path: Path, variant: dict,
+                                                             stop_epoch: int):
     full = Recorder()
-    whole = run_job(spec(**SHUFFLED), tmp_path / "full", settings=settings, hooks=full)
+    whole = run_job(spec(**variant), tmp_path / "full", settings=settings, hooks=full)
 
     # Interrupt mid-epoch (stop_epoch + 1): only the epoch-`stop_epoch` checkpoint survives.
     job = tmp_path / "interrupted"
     first = Recorder(stop_after_batches=13 * stop_epoch + 5)
     eager = settings.model_copy(update={"loss_flush_batches": 1, "stop_check_batches": 1})
-    stopped = run_job(spec(**SHUFFLED), job, settings=eager, hooks=first)
+    stopped = run_job(spec(**variant), job, settings=eager, hooks=first)
     assert stopped.status == "stopped"
     assert load_checkpoint(job / CHECKPOINT)["epoch"] == stop_epoch
 
     second = Recorder()
-    resumed = run_job(spec(**SHUFFLED), job, settings=settings, hooks=second)
+    resumed = run_job(spec(**variant), job, settings=settings, hooks=second)
     assert second.info is not None and second.info.start_epoch == stop_epoch + 1
     assert second.steps[0] == 13 * stop_epoch
     assert len(first.losses) == 13 * stop_epoch + 5

@@ -162,7 +162,9 @@ def test_pixel_bomb(box: Sandbox, good):
 def test_non_image_files_are_refused_or_skipped_and_counted(box: Sandbox, good):
     whole = png(np.random.default_rng(1).integers(0, 256, (28, 28)))
     archive = zip_of({**good, "a/notes.txt": b"hello", "b/broken.png": whole[: len(whole) // 2]})
-    box.fails(archive, "'a/notes.txt' is not an image Pillow can read.*skip_invalid=true")
+    box.fails(zip_of({**good, "a/notes.txt": b"hello"}),
+              "'a/notes.txt' is not an image Pillow can read.*skip_invalid=true")
+    box.fails(archive, "'b/broken.png' is broken and cannot be decoded.*skip_invalid=true")
     result = box.ingest(archive, skip_invalid="true")
     assert sorted((s["reason"], s["count"], tuple(s["examples"])) for s in result.skipped) == [
         ("broken image", 1, ("b/broken.png",)), ("not an image Pillow can read", 1, ("a/notes.txt",))]
