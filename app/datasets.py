@@ -7,8 +7,9 @@ worker (worker.ingest). Here: the rows, and which jobs may use a dataset.
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import CursorResult, Delete, delete, select
 from sqlalchemy.orm import Session
 
 from app import storage
@@ -36,9 +37,12 @@ def create_dataset(*, session: Session, owner: str, dataset_id: str, name: str, 
     try:
         enqueue_ingest(dataset.id, settings)
     except Unavailable as e:
-        session.execute(delete(Dataset).where(Dataset.id == dataset.id, Dataset.lease_owner.is_(None))
-                        .execution_options(synchronize_session=False))
+        removed = _rowcount(session, delete(Dataset).where(Dataset.id == dataset.id, Dataset.lease_owner.is_(None))
+                            .execution_options(synchronize_session=False))
         session.commit()
+        if not removed:  # a worker claimed it: the message got through after all, and this is the answer
+            session.refresh(dataset)
+            return dataset
         session.expunge(dataset)
         shutil.rmtree(storage.dataset_dir(settings.datasets_path, dataset.id), ignore_errors=True)
         raise Unavailable(f"the dataset was not accepted: {e.detail}. Nothing was kept; upload it again "
@@ -68,11 +72,22 @@ def ready_datasets(*, session: Session, owner: str) -> list[Dataset]:
                                 .order_by(Dataset.created_at.desc(), Dataset.id.desc())))
 
 
+def _rowcount(session: Session, statement: Delete) -> int:
+    result = session.execute(statement)
+    assert isinstance(result, CursorResult)
+    return result.rowcount
+
+
 def _locked(session: Session, owner: str, dataset_id: str) -> Dataset | None:
-    # FOR UPDATE: a job submission and a deletion of the same dataset take this lock in turn, so a job
-    # is never accepted for a dataset being deleted (SQLite serializes writers anyway).
+    # FOR UPDATE (PostgreSQL): a job submission and a deletion of the same dataset take this lock in turn.
+    # SQLite ignores it; there the deletion is one conditional statement and the submission checks again
+    # after its insert (confirm_dataset_for_job), which together keep the same promise.
     return session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.owner == owner)
                           .with_for_update())
+
+
+def _active_jobs(dataset_id: str) -> Any:
+    return select(Job.id).where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_JOBS))
 
 
 def dataset_for_job(*, session: Session, owner: str, dataset_id: str) -> DatasetInfo:
@@ -88,6 +103,15 @@ def dataset_for_job(*, session: Session, owner: str, dataset_id: str) -> Dataset
     return DatasetInfo.model_validate(dataset.info)
 
 
+def confirm_dataset_for_job(*, session: Session, dataset_id: str) -> None:
+    """After the job's row was inserted (flushed, not committed): the dataset is still there and ready. A
+    deletion that ran in between is seen here; one that runs later sees the job and refuses."""
+    status = session.scalar(select(Dataset.status).where(Dataset.id == dataset_id))
+    if status != DatasetStatus.ready:
+        session.rollback()
+        raise Conflict(f"dataset {dataset_id} was deleted while the job was being submitted")
+
+
 def delete_dataset(*, session: Session, owner: str, dataset_id: str, datasets_dir: Path) -> None:
     """Delete a dataset and its files, unless a queued or running job trains on it (a processing one is
     deleted too: its ingest finds the row gone and keeps nothing)."""
@@ -95,13 +119,20 @@ def delete_dataset(*, session: Session, owner: str, dataset_id: str, datasets_di
     if dataset is None:
         raise NotFound(f"no dataset {dataset_id!r}")
     # Counted after the lock is held: a job submitted meanwhile has committed and is seen.
-    users = list(session.scalars(select(Job.id).where(Job.dataset_id == dataset.id, Job.status.in_(ACTIVE_JOBS))
-                                 .order_by(Job.created_at).limit(5)))
-    if users:
-        count = session.scalar(select(func.count()).where(Job.dataset_id == dataset.id,
-                                                         Job.status.in_(ACTIVE_JOBS)))
-        raise Conflict(f"dataset {dataset.id} is used by {count} queued or running job(s) ({', '.join(users)}): "
-                       "cancel them or wait until they end, then delete it")
-    session.delete(dataset)
-    session.commit()
-    shutil.rmtree(storage.dataset_dir(datasets_dir, dataset.id), ignore_errors=True)
+    users = list(session.scalars(_active_jobs(dataset.id).order_by(Job.created_at)))
+    if not users:
+        # Conditional: on SQLite (no row lock) a job inserted since the count keeps the dataset.
+        deleted = _rowcount(session, delete(Dataset).where(Dataset.id == dataset.id,
+                                                           ~_active_jobs(dataset.id).exists())
+                            .execution_options(synchronize_session=False))
+        session.commit()
+        if deleted:
+            session.expunge(dataset)
+            shutil.rmtree(storage.dataset_dir(datasets_dir, dataset.id), ignore_errors=True)
+            return
+        users = list(session.scalars(_active_jobs(dataset.id).order_by(Job.created_at)))
+        if not users:  # deleted by another request meanwhile
+            raise NotFound(f"no dataset {dataset_id!r}")
+    shown = ", ".join(users[:5]) + (", ..." if len(users) > 5 else "")
+    raise Conflict(f"dataset {dataset.id} is used by {len(users)} queued or running job(s) ({shown}): cancel them "
+                   "or wait until they end, then delete it")

@@ -19,6 +19,9 @@ WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 # Modes whose pixels carry no colour: a dataset of only these is grayscale (1 channel) by default.
 GRAY_MODES = WIDE_GRAY_MODES | {"1", "L", "LA", "La", "F"}
 
+# The formats read: Pillow's other plugins (EPS, PSD, FLI, ...) are more attack surface than use here.
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+
 Rejection = Literal["not_image", "broken", "too_large"]
 
 
@@ -44,7 +47,7 @@ def decode(data: bytes, *, name: str, max_pixels: int) -> Decoded:
             # Our pixel limit is stricter than Pillow's bomb warning, and its warnings about damaged
             # metadata only repeat what the decode outcome says anyway.
             warnings.filterwarnings("ignore", module=r"PIL\.")
-            image: Image.Image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageRejected("too_large", f"image {name!r} is {width}x{height} pixels; at most "
@@ -55,7 +58,7 @@ def decode(data: bytes, *, name: str, max_pixels: int) -> Decoded:
             return Decoded(_onto_black(_to_8bit(image)), gray)
     except UnidentifiedImageError:
         raise ImageRejected("not_image", f"file {name!r} is not an image Pillow can read: use PNG, JPEG, BMP, "
-                                         "GIF, TIFF or WebP") from None
+                                         "GIF, TIFF, WebP or PPM") from None
     except Image.DecompressionBombError as e:
         raise ImageRejected("too_large", f"image {name!r} has too many pixels ({e})") from None
     except DECODE_ERRORS as e:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app import storage
 from app.config import Settings
-from app.datasets import dataset_for_job
+from app.datasets import confirm_dataset_for_job, dataset_for_job
 from app.errors import Conflict, InvalidSpec, NotFound, Unavailable
 from app.loss_stream import LossRecord, LossStream, cancel_key
 from app.paging import newest_first
@@ -52,6 +52,9 @@ def create_job(*, session: Session, owner: str, spec: JobSpec, settings: Setting
         dataset_id=dataset_id, dataset_info=info.model_dump(mode="json"),
     )
     session.add(job)
+    if dataset_id is not None:
+        session.flush()
+        confirm_dataset_for_job(session=session, dataset_id=dataset_id)
     # Commit before enqueueing: a worker that gets the message must find the row.
     session.commit()
     try:

@@ -3,6 +3,7 @@
 
 The body's size limit is BodyLimit's (app.body_limit), which stops the stream with a 413."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -16,6 +17,7 @@ from app.errors import InvalidSpec, MalformedRequest, UnsupportedMedia
 
 MAX_FIELD_BYTES = 1024
 MAX_PARTS = 32
+MAX_HEADER_BYTES = 8192
 # File data is handed to a thread in writes of about this size, so the event loop never waits on the disk.
 WRITE_BYTES = 1 << 20
 HEAD_BYTES = 512
@@ -32,8 +34,9 @@ class ReceivedForm:
 class _Receiver:
     """python-multipart callbacks: file bytes to `pending` (written by the caller), fields into `form`."""
 
-    def __init__(self, file_field: str, allowed: frozenset[str]):
-        self.file_field, self.allowed = file_field, allowed
+    def __init__(self, file_field: str, allowed: frozenset[str], check_head: Callable[[str, bytes], None]):
+        self.file_field, self.allowed, self.check_head = file_field, allowed, check_head
+        self._head_checked = False
         self.form = ReceivedForm()
         self.pending: list[bytes] = []
         self.pending_bytes = 0
@@ -53,9 +56,15 @@ class _Receiver:
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_name += data[start:end]
+        self._bounded_header()
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
         self._header_value += data[start:end]
+        self._bounded_header()
+
+    def _bounded_header(self) -> None:
+        if len(self._header_name) + len(self._header_value) > MAX_HEADER_BYTES:
+            raise MalformedRequest(f"a multipart header is longer than {MAX_HEADER_BYTES} bytes")
 
     def on_header_end(self) -> None:
         if self._header_name.lower() == b"content-disposition":
@@ -82,6 +91,8 @@ class _Receiver:
         if self._is_file:
             if len(self.form.head) < HEAD_BYTES:
                 self.form.head += chunk[:HEAD_BYTES - len(self.form.head)]
+                if len(self.form.head) == HEAD_BYTES:
+                    self._check_head()
             self.form.size += len(chunk)
             self.pending.append(chunk)
             self.pending_bytes += len(chunk)
@@ -98,7 +109,15 @@ class _Receiver:
         data, self.pending, self.pending_bytes = b"".join(self.pending), [], 0
         return data
 
+    def _check_head(self) -> None:
+        # As soon as the file's first bytes are in: a wrong kind of file is refused before the rest arrives.
+        if not self._head_checked:
+            self._head_checked = True
+            self.check_head(self.form.filename or self.file_field, self.form.head)
+
     def on_part_end(self) -> None:
+        if self._is_file:
+            self._check_head()
         if not self._is_file and self._name is not None:
             try:
                 self.form.fields[self._name] = self._value.decode("utf-8")
@@ -106,8 +125,10 @@ class _Receiver:
                 raise InvalidSpec(f"{self._name}: not UTF-8 text") from None
 
 
-async def receive_form(request: Request, *, dest: Path, file_field: str, fields: frozenset[str]) -> ReceivedForm:
+async def receive_form(request: Request, *, dest: Path, file_field: str, fields: frozenset[str],
+                       check_head: Callable[[str, bytes], None]) -> ReceivedForm:
     """Stream the request's multipart body: the `file_field` part into `dest`, the `fields` into memory.
+    `check_head(filename, first bytes)` may refuse the file (by raising) once its first 512 bytes are in.
 
     On any error the partial file is removed before the error propagates."""
     content_type, params = parse_options_header(request.headers.get("content-type"))
@@ -116,7 +137,7 @@ async def receive_form(request: Request, *, dest: Path, file_field: str, fields:
     boundary = params.get(b"boundary")
     if not boundary:
         raise MalformedRequest("multipart/form-data without a boundary")
-    receiver = _Receiver(file_field, fields)
+    receiver = _Receiver(file_field, fields, check_head)
     parser = MultipartParser(boundary, {  # type: ignore[arg-type]
         name: getattr(receiver, name) for name in (
             "on_part_begin", "on_part_data", "on_part_end", "on_header_field", "on_header_value",

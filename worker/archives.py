@@ -11,6 +11,7 @@ import io
 import lzma
 import re
 import stat
+import struct
 import tarfile
 import zipfile
 from collections.abc import Callable
@@ -23,6 +24,12 @@ from app.storage import archive_kind
 # Compression ratios are judged only past this many bytes: tiny members and archives may compress well.
 RATIO_FLOOR_BYTES = 1 << 20
 COPY_BYTES = 1 << 20
+# zipfile decompresses these in bounded steps (bzip2 and lzma members it would decompress whole).
+ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
+# A tar's extended headers (long names, pax records) are read whole by tarfile: bound them.
+MAX_EXTENDED_HEADER_BYTES = 1 << 20
+EXTENDED_HEADERS = frozenset({tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                              tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK})
 
 
 class ArchiveRejected(Exception):
@@ -128,17 +135,41 @@ def _bomb(where: str, limits: Limits) -> ArchiveRejected:
                            "compression bomb (TAAS_DATASET_MAX_COMPRESSION_RATIO)")
 
 
-def _open_zip(path: Path, limits: Limits) -> Archive:
+def _count_zip_entries(path: Path, limits: Limits) -> None:
+    """Walk the central directory's headers, refusing past max_members, before zipfile builds an object per
+    entry (the end record's own count is not to be trusted: it can say 1 over millions of entries)."""
     with path.open("rb") as f:
         try:
-            # The entry count, from the end record, before zipfile builds an object per entry.
             end = zipfile._EndRecData(f)  # type: ignore[attr-defined]
         except OSError:
             end = None
-    if end is None:
-        raise ArchiveRejected("the zip archive is damaged: its end record is missing (was the upload cut short?)")
-    if end[zipfile._ECD_ENTRIES_TOTAL] > limits.max_members:  # type: ignore[attr-defined]
-        raise ArchiveRejected(f"the archive has more than {limits.max_members} members (TAAS_DATASET_MAX_MEMBERS)")
+        if end is None:
+            raise ArchiveRejected("the zip archive is damaged: its end record is missing (was the upload cut "
+                                  "short?)")
+        size, offset = end[zipfile._ECD_SIZE], end[zipfile._ECD_OFFSET]  # type: ignore[attr-defined]
+        # Where zipfile finds it: just before the end record (and before the zip64 end record and locator,
+        # for archives of more than 65,535 entries); bytes prepended to the archive shift every offset alike.
+        position = end[zipfile._ECD_LOCATION] - size  # type: ignore[attr-defined]
+        if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:  # type: ignore[attr-defined]
+            position -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator  # type: ignore[attr-defined]
+        if position < 0 or offset < 0:
+            raise ArchiveRejected("the zip archive is damaged: its central directory is out of place")
+        stop, count = position + size, 0
+        while position < stop:
+            f.seek(position)
+            header = f.read(46)
+            if len(header) < 46 or header[:4] != b"PK\x01\x02":
+                raise ArchiveRejected("the zip archive is damaged: a central directory entry is malformed")
+            name, extra, comment = struct.unpack("<3H", header[28:34])
+            position += 46 + name + extra + comment
+            count += 1
+            if count > limits.max_members:
+                raise ArchiveRejected(f"the archive has more than {limits.max_members} members "
+                                      "(TAAS_DATASET_MAX_MEMBERS)")
+
+
+def _open_zip(path: Path, limits: Limits) -> Archive:
+    _count_zip_entries(path, limits)
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as e:
@@ -155,6 +186,9 @@ def _open_zip(path: Path, limits: Limits) -> Archive:
                 continue
             if info.flag_bits & 0x1:
                 raise ArchiveRejected(f"member {info.filename!r} is encrypted: upload an archive without a password")
+            if info.compress_type not in ZIP_METHODS:
+                raise ArchiveRejected(f"member {info.filename!r} is compressed with method {info.compress_type}: "
+                                      "zip archives must store or deflate their members (the usual zip)")
             if _ratio_exceeded(info.file_size, info.compress_size, limits):
                 raise _bomb(f"member {info.filename!r}", limits)
             if (member := tally.file(info.filename, info.file_size, info)) is not None:
@@ -167,17 +201,38 @@ def _open_zip(path: Path, limits: Limits) -> Archive:
 
     def read(member: Member) -> bytes:
         _check_member_size(member, limits)
+        # In bounded steps, and never past the size the directory declared: a member that lies about its
+        # size stops here, not after its whole (bomb) content was decompressed.
+        chunks, got = [], 0
         try:
-            return zf.read(member.ref)
+            with zf.open(member.ref) as f:
+                while got <= member.size and (chunk := f.read(min(COPY_BYTES, member.size + 1 - got))):
+                    chunks.append(chunk)
+                    got += len(chunk)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
             raise ArchiveRejected(f"member {member.path!r} cannot be read: {e}") from None
+        if got != member.size:
+            raise ArchiveRejected(f"member {member.path!r} is not the size the archive says: it is damaged")
+        return b"".join(chunks)
 
     return Archive(members, read, zf.close)
 
 
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses extended headers (long names, pax records) larger than a header could need, before tarfile
+    reads them into memory: they are not members, so no member limit would see them."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in EXTENDED_HEADERS and self.size > MAX_EXTENDED_HEADER_BYTES:
+            raise ArchiveRejected(f"the tar archive has an extended header of {self.size} bytes (at most "
+                                  f"{MAX_EXTENDED_HEADER_BYTES}): refused")
+        info: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        return info
+
+
 def _open_tar(path: Path, limits: Limits) -> Archive:
     try:
-        tf = tarfile.open(path, mode="r:")
+        tf = tarfile.open(path, mode="r:", tarinfo=_BoundedTarInfo)
     except (tarfile.TarError, OSError) as e:
         raise ArchiveRejected(f"the tar archive is damaged: {e}") from None
     try:

@@ -8,6 +8,7 @@ died (their lease expired).
 """
 
 import logging
+import shutil
 from typing import Any
 
 from celery import Celery, bootsteps
@@ -17,6 +18,7 @@ from kombu import Queue
 from app.config import get_settings
 from app.db import get_engine, session_scope
 from app.queue import INGEST_QUEUE, INGEST_TASK, TRAIN_TASK, queue_name
+from app.storage import dataset_dir
 from worker.claims import Reaped, reap_expired, unqueue
 from worker.ingest_claims import reap_ingests
 from worker.orphans import sweep_orphan_folders
@@ -100,6 +102,8 @@ def requeue_ingests() -> None:
             celery_app.send_task(INGEST_TASK, args=[dataset_id], queue=queue_name(INGEST_QUEUE, settings))
         except Exception:
             log.exception("dataset %s: its ingest could not be sent again; the next reap retries", dataset_id)
+    for dataset_id in reaped.failed:  # a failed dataset keeps its row (with the reason), no files
+        shutil.rmtree(dataset_dir(settings.datasets_path, dataset_id), ignore_errors=True)
     if reaped.resent or reaped.failed:
         log.warning("reaper: ingests sent again %s, failed %s", reaped.resent, reaped.failed)
     sweep_orphan_folders(settings.datasets_path)

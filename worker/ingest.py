@@ -6,6 +6,7 @@ IngestFailed with a reason a person can act on, and leaves no store and no scrat
 """
 
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +17,14 @@ import numpy as np
 from app import images
 from app.config import Settings
 from app.storage import STORE
-from spec.datasets import DatasetInfo, ImageShape, IngestOptions
+from spec.datasets import MAX_SIDE, DatasetInfo, ImageShape, IngestOptions
 from worker.archives import Archive, ArchiveRejected, Limits, open_archive
 from worker.layouts import Item, Labelled, Layout, SkipLog, check_every_class, find_layout, store_order
 from worker.store import write_store
 
-SCRATCH = ".archive.tar"
+MIN_STD = 1 / 255
+# Scratch files (a compressed tar, decompressed) start with this; a new attempt removes a dead one's.
+SCRATCH_PREFIX = ".archive."
 PROGRESS_SECONDS = 0.5
 STATS_CHUNK = 4096
 
@@ -49,8 +52,10 @@ Progress = Callable[[int, int], bool]
 
 def ingest(archive_path: Path, folder: Path, *, options: IngestOptions, limits: Limits, max_pixels: int,
            max_store_bytes: int, progress: Progress | None = None) -> IngestResult:
-    """Decode the archive into folder/STORE; raises IngestFailed (nothing written) when it cannot."""
-    scratch = folder / SCRATCH
+    """Decode the archive into folder/STORE; raises IngestFailed (nothing written) when it cannot, and
+    IngestStopped when `progress` says to stop."""
+    # Named for this run: a worker that lost its lease meanwhile cannot truncate or remove another's.
+    scratch = folder / f"{SCRATCH_PREFIX}{uuid.uuid4().hex}.tar"
     try:
         with open_archive(archive_path, limits=limits, scratch=scratch) as archive:
             skipped = SkipLog()
@@ -73,6 +78,8 @@ def ingest(archive_path: Path, folder: Path, *, options: IngestOptions, limits: 
     except ArchiveRejected as e:
         raise IngestFailed(f"{e}, once the skipped files were left out") from None
     train_x, test_x = decoder.finish(train_x, test_x)
+    if progress is not None and not progress(decoder.done, decoder.total):
+        raise IngestStopped()  # the lease is gone: leave the store to the worker that holds it
     mean, std = channel_stats(train_x)
     train_y = np.array([i.label for i in train_items], dtype=np.int64)
     test_y = np.array([i.label for i in test_items], dtype=np.int64)
@@ -116,7 +123,8 @@ def channel_stats(images_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         squares += np.square(chunk).sum(axis=(0, 2, 3))
     count = n * images_u8.shape[2] * images_u8.shape[3]
     mean = total / count
-    std = np.sqrt(np.maximum(squares / count - mean**2, 0))
+    # At least one intensity step: a constant channel must not make normalization divide by zero.
+    std = np.maximum(np.sqrt(np.maximum(squares / count - mean**2, 0)), MIN_STD)
     return mean, std
 
 
@@ -138,6 +146,8 @@ class _Decoder:
         self.channels = options.channels or 1
         self.done = 0
         self.reported_at = time.monotonic()
+        if self.size is not None:
+            self._check_store_size()
 
     def _check_store_size(self) -> None:
         assert self.size is not None
@@ -188,6 +198,9 @@ class _Decoder:
             return None
         width, height = decoded.image.size
         if self.size is None:
+            if max(height, width) > MAX_SIDE:
+                raise IngestFailed(f"the images are {height}x{width} pixels (height x width, e.g. {path!r}); sides "
+                                   f"of at most {MAX_SIDE} are stored: upload again with image_size to resize them")
             self.size = (height, width)
             self._check_store_size()
         elif (height, width) != self.size and self.options.image_size is None:

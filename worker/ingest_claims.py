@@ -12,7 +12,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import CursorResult, Update, and_, func, or_, select, update
+from sqlalchemy import CursorResult, Update, and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -83,8 +83,10 @@ def release_ingest(*, session: Session, dataset_id: str, lease_owner: str) -> bo
         lease_owner=None, lease_expires_at=None, attempt=Dataset.attempt - 1, enqueued_at=utcnow())))
 
 
-def dataset_exists(*, session: Session, dataset_id: str) -> bool:
-    return session.scalar(select(func.count()).where(Dataset.id == dataset_id)) == 1
+def dataset_status(*, session: Session, dataset_id: str) -> DatasetStatus | None:
+    """The dataset's status now; None once it was deleted."""
+    status = session.scalar(select(Dataset.status).where(Dataset.id == dataset_id))
+    return None if status is None else DatasetStatus(status)
 
 
 def reap_ingests(*, session: Session, resend_after_seconds: float) -> ReapedIngests:

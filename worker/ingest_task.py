@@ -3,6 +3,7 @@ ended. Takes an id; re-reads the row. The archive is removed once the outcome is
 
 import logging
 import shutil
+from pathlib import Path
 from typing import Any
 
 from app import storage
@@ -13,12 +14,12 @@ from app.tables import DatasetStatus
 from spec.datasets import IngestOptions
 from worker.celery_app import celery_app
 from worker.claims import new_lease_owner
-from worker.ingest import IngestFailed, IngestStopped, ingest, limits_of
+from worker.ingest import SCRATCH_PREFIX, IngestFailed, IngestStopped, ingest, limits_of
 from worker.ingest_claims import (
     IngestClaim,
     IngestLease,
     claim_ingest,
-    dataset_exists,
+    dataset_status,
     finish_ingest,
     release_ingest,
 )
@@ -50,6 +51,7 @@ def ingest_dataset(dataset_id: str) -> str:
 def run_ingest(claim: IngestClaim, settings: Settings) -> str:
     """Decode the claimed upload and record the outcome; returns the status it ended with."""
     folder = storage.dataset_dir(settings.datasets_path, claim.dataset_id)
+    remove_scratch(folder)
     error: str | None = None
     with IngestLease(claim, lease_seconds=settings.lease_seconds, every=settings.heartbeat_seconds) as lease:
         try:
@@ -85,14 +87,23 @@ def run_ingest(claim: IngestClaim, settings: Settings) -> str:
     return str(values["status"])
 
 
+def remove_scratch(folder: Path) -> None:
+    """What an attempt that died left: a decompressed tar, a half-written store."""
+    for pattern in (f"{SCRATCH_PREFIX}*", f".{storage.STORE}.*.tmp"):
+        for path in folder.glob(pattern):
+            path.unlink(missing_ok=True)
+
+
 def _lease_lost(claim: IngestClaim, settings: Settings) -> str:
-    """Deleted meanwhile: remove what we wrote. Taken over by another worker: leave its folder alone."""
+    """Deleted or failed meanwhile: remove the files. Taken over by another worker (still processing, or
+    ready): leave its folder alone."""
     with session_scope() as session:
-        exists = dataset_exists(session=session, dataset_id=claim.dataset_id)
-    if not exists:
+        status = dataset_status(session=session, dataset_id=claim.dataset_id)
+    if status is None or status == DatasetStatus.failed:
         shutil.rmtree(storage.dataset_dir(settings.datasets_path, claim.dataset_id), ignore_errors=True)
-        log.info("dataset %s was deleted during its ingest; its files are removed", claim.dataset_id)
-        return "deleted"
+        log.info("dataset %s was %s during its ingest; its files are removed", claim.dataset_id,
+                 "deleted" if status is None else "failed")
+        return "deleted" if status is None else "failed"
     log.warning("dataset %s: ingest lease lost; another worker owns it now", claim.dataset_id)
     return "lease lost"
 

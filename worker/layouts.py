@@ -29,6 +29,8 @@ CLASSES_FILE = "classes.txt"
 FILE_COLUMNS = ("file", "filename", "file_name", "image", "image_path", "path", "img", "name")
 LABEL_COLUMNS = ("label", "class", "class_name", "target", "category", "y")
 MAX_EXAMPLES = 10
+# The image folder is found from the first of these rows whose file exists (the others are then checked).
+FOLDER_PROBE_ROWS = 20
 
 
 def store_order(item: "Item") -> tuple[str, int]:
@@ -138,6 +140,8 @@ def _class_index(names: list[str], listed: list[str] | None, where: str) -> dict
 # --- class folders -----------------------------------------------------------------------------
 
 def _from_folders(files: list[tuple[Member, str]], listed: list[str] | None, skipped: SkipLog) -> Labelled:
+    # Train/ and TEST/ are train/ and test/ too (never two classes named like splits).
+    files = [(m, _split_folder_lowercase(p)) for m, p in files]
     tops = {p.split("/")[0] for _, p in files if "/" in p}
     if "train" in tops:
         extra = sorted(tops - {"train", "test"})
@@ -168,6 +172,11 @@ def _from_folders(files: list[tuple[Member, str]], listed: list[str] | None, ski
     return Labelled("class_folders", classes, items("train"), items("test") or None)
 
 
+def _split_folder_lowercase(path: str) -> str:
+    top, _, rest = path.partition("/")
+    return f"{top.lower()}/{rest}" if rest and top.lower() in ("train", "test") else path
+
+
 def _class_items(files: list[tuple[Member, str]], prefix: str, skipped: SkipLog) -> list[tuple[str, Member, str]]:
     """(class, member, path within the class folder) of the files under `prefix`."""
     found = []
@@ -179,6 +188,10 @@ def _class_items(files: list[tuple[Member, str]], prefix: str, skipped: SkipLog)
             skipped.add("not inside a class folder", member.path)
             continue
         label, key = rest.split("/", 1)
+        if "/" in key:
+            raise LayoutRejected(f"{member.path!r}: the class folder {prefix}{label}/ holds folders, not only images: "
+                                 "put each class's images directly in its folder (<class>/<image>, optionally "
+                                 "under train/ and test/)")
         found.append((label, member, key))
     return found
 
@@ -203,15 +216,16 @@ def _from_csv(files: list[tuple[Member, str]], csvs: list[tuple[Member, str]], r
             skipped.add("not named by the CSV", member.path)
 
     labels = [label for part in rows.values() for _, _, _, label in part]
-    if all(re.fullmatch(r"-?\d+", label) for label in labels):
-        indices = [int(label) for label in labels]
-        classes = listed if listed is not None else [str(i) for i in range(max(indices) + 1)]
+    if all(re.fullmatch(r"-?[0-9]+", label) for label in labels):
+        # Integer labels are class indices ("07" is 7): classes.txt names them, else they are "0", "1", ...
+        count = len(listed) if listed is not None else min(max(int(label) for label in labels) + 1, MAX_CLASSES)
         bad = [(where, label) for part in rows.values() for where, _, _, label in part
-               if not 0 <= int(label) < len(classes)]
+               if not 0 <= int(label) < count]
         if bad:
-            raise LayoutRejected(f"{bad[0][0]}: label {bad[0][1]} is not a class index (0 to {len(classes) - 1}); "
+            raise LayoutRejected(f"{bad[0][0]}: label {bad[0][1]} is not a class index (0 to {count - 1}); "
                                  f"{len(bad)} such row(s) (unknown labels)")
-        index = {str(i): i for i in range(len(classes))}
+        classes = listed if listed is not None else [str(i) for i in range(count)]
+        index = {label: int(label) for label in labels}
     else:
         train_names = sorted({label for _, _, _, label in rows["train"]})
         index = _class_index(train_names, listed, "the training CSV's labels")
@@ -240,14 +254,16 @@ def _csv_rows(data: bytes, csv_path: str, by_path: dict[str, Member]) -> list[tu
     header = [cell.strip().lower() for cell in table[0][1]]
     file_col = next((header.index(c) for c in FILE_COLUMNS if c in header), None)
     label_col = next((header.index(c) for c in LABEL_COLUMNS if c in header), None)
-    if file_col is not None and label_col is not None:
+    named_header = file_col is not None and label_col is not None
+    if named_header:
         table = table[1:]
     else:
         file_col, label_col = 0, 1
+    assert file_col is not None and label_col is not None
+    if not named_header and table and _image_folder(table[:1], file_col, folder, by_path, name) is None \
+            and _image_folder(table[1:2], file_col, folder, by_path, name) is not None:
+        table = table[1:]  # an unnamed header: its "file" is nowhere, the next row's is
     base = _image_folder(table, file_col, folder, by_path, name)
-    if base is None:  # the first row is an unnamed header: its "file" is nowhere, the next row's is
-        table = table[1:]
-        base = _image_folder(table, file_col, folder, by_path, name)
     if base is None:
         raise LayoutRejected(f"{name}: none of the first rows names a file in the archive (file paths are read "
                              f"relative to the CSV's folder, or to one folder beside it)")
@@ -281,15 +297,24 @@ def _csv_rows(data: bytes, csv_path: str, by_path: dict[str, Member]) -> list[tu
 
 def _image_folder(table: list[tuple[int, list[str]]], file_col: int, folder: str,
                   by_path: dict[str, Member], name: str) -> str | None:
-    """The folder the CSV's file paths are relative to: its own, or a folder beside it that holds its first
-    file (if several do: the one holding all its files, else the one named like the CSV, e.g. test.csv and
-    test_images/). None if the first row's file is in neither."""
-    if not table or len(table[0][1]) <= file_col:
-        return None
-    try:
-        first = normalize(table[0][1][file_col].strip())
-    except ArchiveRejected:
-        raise LayoutRejected(f"{name}: {table[0][1][file_col]!r} names a file outside the archive") from None
+    """The folder the CSV's file paths are relative to: its own, or a folder beside it that holds the first
+    of its files found (if several do: the one holding all its files, else the one named like the CSV, e.g.
+    test.csv and test_images/). None if none of its first rows' files is in either."""
+    for _, row in table[:FOLDER_PROBE_ROWS]:
+        if len(row) <= file_col:
+            continue
+        try:
+            entry = normalize(row[file_col].strip())
+        except ArchiveRejected:
+            raise LayoutRejected(f"{name}: {row[file_col]!r} names a file outside the archive") from None
+        found = _folders_holding(entry, table, file_col, folder, by_path, name)
+        if found is not None:
+            return found
+    return None
+
+
+def _folders_holding(first: str, table: list[tuple[int, list[str]]], file_col: int, folder: str,
+                     by_path: dict[str, Member], name: str) -> str | None:
     prefix = f"{folder}/" if folder else ""
     if f"{prefix}{first}" in by_path:
         return folder

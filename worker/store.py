@@ -4,6 +4,7 @@ training."""
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,9 @@ def write_store(path: Path, *, train: tuple[np.ndarray, np.ndarray], test: tuple
         "mean": np.asarray(mean, dtype=np.float64),
         "std": np.asarray(std, dtype=np.float64),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    tmp = Path(name)
     try:
         save_file(tensors, str(tmp), metadata={"format": FORMAT, "classes": json.dumps(classes)})
         os.replace(tmp, path)

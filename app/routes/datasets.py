@@ -42,6 +42,11 @@ _UPLOAD_FORM: dict[str, Any] = {
 }
 
 
+def _must_be_an_archive(filename: str, head: bytes) -> None:
+    if storage.archive_kind(head) is None:
+        raise UnsupportedMedia(f"file {filename!r} is not a .zip, .tar or .tar.gz archive")
+
+
 def _options(fields: dict[str, str]) -> tuple[str, IngestOptions]:
     name = fields.get("name", "").strip()
     if not 1 <= len(name) <= 200:
@@ -67,10 +72,9 @@ async def upload_dataset(request: Request, owner: OwnerDep, settings: SettingsDe
     folder = storage.dataset_dir(settings.datasets_path, dataset_id)
     await run_in_threadpool(folder.mkdir, parents=True)
     try:
-        form = await receive_form(request, dest=folder / storage.ARCHIVE, file_field="file", fields=FORM_FIELDS)
+        form = await receive_form(request, dest=folder / storage.ARCHIVE, file_field="file", fields=FORM_FIELDS,
+                                  check_head=_must_be_an_archive)
         name, options = _options(form.fields)
-        if storage.archive_kind(form.head) is None:
-            raise UnsupportedMedia(f"file {form.filename!r} is not a .zip, .tar or .tar.gz archive")
 
         def create() -> DatasetPublic:
             with new_session() as session:

@@ -13,15 +13,17 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import save_file
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from starlette.datastructures import Headers
 
+import app.jobs
 from app.db import session_scope
 from app.main import create_app
+from app.migrate import upgrade_head
 from app.storage import ARCHIVE, STORE
 from app.tables import Dataset, Job, JobStatus
 from spec.datasets import DatasetInfo
-from tests.app.harness import DEAD_REDIS_URL, ApiEnv, configure, seeded_network
+from tests.app.harness import DEAD_REDIS_URL, ApiEnv, cleanup, configure, seeded_network
 from tests.archives import bars, class_folders, png, zip_of
 from worker.ingest_task import ingest_dataset
 
@@ -272,3 +274,35 @@ def test_predict_applies_the_jobs_resize_channels_and_normalization(client: Test
     assert client.delete(f"/datasets/{dataset['id']}").status_code == 204
     again = client.post("/predict", data={"job_id": job}, files=[("files", ("big.png", buffer.getvalue()))])
     assert again.json()["predictions"][0]["probabilities"] == prediction["probabilities"]
+
+
+def test_a_dataset_deleted_during_a_submission_is_a_conflict_on_sqlite(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_url: str, archive: bytes):
+    """SQLite has no row locks: the submission checks again after its insert (PostgreSQL locks the row)."""
+    url = f"sqlite:///{tmp_path / 'taas.db'}"
+    upgrade_head(url)
+    env = configure(monkeypatch, tmp_path, database_url=url, redis_url=redis_url)
+    try:
+        with TestClient(create_app()) as client:
+            dataset = ready(client, archive)
+            checked = app.jobs.dataset_for_job
+
+            def deleted_right_after(**kwargs: Any) -> DatasetInfo:
+                info = checked(**kwargs)
+                with session_scope() as other:  # another request's deletion, committed in between
+                    other.execute(delete(Dataset).where(Dataset.id == kwargs["dataset_id"]))
+                return info
+
+            monkeypatch.setattr(app.jobs, "dataset_for_job", deleted_right_after)
+            r = client.post("/jobs", json={"dataset": {"id": dataset["id"]}})
+            assert r.status_code == 409 and "was deleted while the job was being submitted" in r.json()["detail"]
+            assert client.get("/jobs").json()["data"] == []
+    finally:
+        cleanup(env, redis_url)
+
+
+def test_an_endless_multipart_header_is_400(client: TestClient, env: ApiEnv):
+    body = b"--x\r\nContent-Disposition: form-data; name=\"" + b"n" * 20_000 + b"\"\r\n\r\nx\r\n--x--\r\n"
+    r = client.post("/datasets", content=body, headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 400 and "header" in r.json()["detail"]  # python-multipart's limit, or ours
+    assert folders(env) == []

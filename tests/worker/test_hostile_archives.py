@@ -4,6 +4,7 @@ outside the dataset's folder (nor leaves a store or a scratch file in it)."""
 import gzip
 import io
 import os
+import struct
 import tarfile
 import warnings
 import zipfile
@@ -16,7 +17,7 @@ from PIL import Image
 from app.storage import ARCHIVE
 from spec.datasets import IngestOptions
 from tests.archives import bars, class_folders, csv_layout, png, tar_of, tar_with, zip_of
-from worker.archives import Limits
+from worker.archives import ArchiveRejected, Limits, open_archive
 from worker.ingest import IngestFailed, IngestResult, ingest
 
 CLASSES = ["a", "b"]
@@ -237,3 +238,73 @@ def test_duplicate_member_names(box: Sandbox, good):
         warnings.simplefilter("ignore", UserWarning)  # zipfile warns about the duplicate it writes
         archive = zip_named(good, next(iter(good)))
     box.fails(archive, f"'{next(iter(good))}' appears twice")
+
+
+def _central_entry(archive: bytes, name: str) -> int:
+    """Offset of `name`'s central directory entry."""
+    with zipfile.ZipFile(io.BytesIO(archive)) as z:
+        start = z.start_dir
+    position = start
+    while archive[position:position + 4] == b"PK\x01\x02":
+        n, extra, comment = struct.unpack("<3H", archive[position + 28:position + 34])
+        if archive[position + 46:position + 46 + n].decode() == name:
+            return position
+        position += 46 + n + extra + comment
+    raise KeyError(name)
+
+
+def test_a_zip_member_that_lies_about_its_size_is_read_no_further(box: Sandbox, good):
+    archive = bytearray(zip_of({**good, "a/evil.png": bytes(3 << 20)}, compression=zipfile.ZIP_DEFLATED))
+    entry = _central_entry(bytes(archive), "a/evil.png")
+    local = struct.unpack("<L", archive[entry + 42:entry + 46])[0]
+    for at in (entry + 24, local + 22):  # uncompressed size, in the central and the local header
+        archive[at:at + 4] = struct.pack("<L", 10)
+    # Read in bounded steps, it fails as damaged (zipfile's CRC check, or ours of the size) without ever
+    # holding the 3 MiB it expands to beyond its 10 declared bytes.
+    box.fails(bytes(archive), "'a/evil.png' (cannot be read: Bad CRC|is not the size the archive says)")
+
+
+def test_zip_methods_that_decompress_unbounded_are_refused(box: Sandbox, good):
+    box.fails(zip_of({**good, "a/evil.png": bytes(1000)}, compression=zipfile.ZIP_BZIP2),
+              "compressed with method 12")
+
+
+def test_a_zip_whose_end_record_understates_its_entries(box: Sandbox):
+    archive = bytearray(zip_of({f"{c}/{i}.png": b"x" for c in "ab" for i in range(150)}))
+    end = archive.rfind(b"PK\x05\x06")
+    archive[end + 8:end + 12] = struct.pack("<2H", 1, 1)  # "one entry"
+    box.fails(bytes(archive), "more than 200 members")
+
+
+def test_tar_extended_headers_are_bounded(box: Sandbox, good):
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name, data in good.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("a/evil.png")
+        info.pax_headers = {"comment": "x" * (2 << 20)}
+        t.addfile(info, io.BytesIO(b""))
+    box.fails(out.getvalue(), "extended header of")
+
+
+def test_huge_integer_labels_fail_at_once(box: Sandbox):
+    x, y = bars(10, seed=2, classes=2)
+    files = csv_layout(x, y, None)
+    box.fails(zip_of({**files, "labels.csv": files["labels.csv"] + b"00000.png,99999999999\n"}),
+              "is named twice|not a class index")
+    huge = files["labels.csv"].replace(b",1\n", b",99999999999\n", 1)
+    box.fails(zip_of({**files, "labels.csv": huge}), "label 99999999999 is not a class index")
+
+
+def test_zip64_archives_are_counted_too(tmp_path: Path):
+    """More than 65,535 entries: the central directory sits before the zip64 end records."""
+    path = tmp_path / "many.zip"
+    path.write_bytes(zip_of({f"a/{i}.png": b"" for i in range(70_000)}))
+    roomy = Limits(max_members=100_000, max_uncompressed_bytes=1 << 20, max_ratio=100, max_member_bytes=1 << 20)
+    with open_archive(path, limits=roomy, scratch=tmp_path / "scratch") as archive:
+        assert len(archive.members) == 70_000
+    tight = Limits(max_members=69_999, max_uncompressed_bytes=1 << 20, max_ratio=100, max_member_bytes=1 << 20)
+    with pytest.raises(ArchiveRejected, match="more than 69999 members"):
+        open_archive(path, limits=tight, scratch=tmp_path / "scratch")

@@ -196,3 +196,53 @@ def test_the_store_limit_names_image_size(tmp_path: Path, data):
         ingest(tmp_path / ARCHIVE, tmp_path, options=IngestOptions(), limits=LIMITS, max_pixels=1 << 24,
                max_store_bytes=70_000)
     assert not (tmp_path / STORE).exists()
+
+
+def test_limits_known_before_decoding_fail_at_once(tmp_path: Path, data):
+    x, y = data
+    (tmp_path / ARCHIVE).write_bytes(zip_of(class_folders(x, y, CLASSES)))
+    calls: list[int] = []
+    with pytest.raises(IngestFailed, match="90 images of 3x512x512 would take"):
+        ingest(tmp_path / ARCHIVE, tmp_path, options=IngestOptions(image_size=512, channels=3), limits=LIMITS,
+               max_pixels=1 << 24, max_store_bytes=1 << 26, progress=lambda d, t: bool(calls.append(d)) or True)
+    assert calls == []  # refused before the first image was decoded
+    big = {f"{c}/{i}.png": png(np.zeros((10, 1100))) for c in "ab" for i in range(2)}
+    with pytest.raises(IngestFailed, match="the images are 10x1100 pixels.*image_size"):
+        run(tmp_path / "big", zip_of(big))
+    assert run(tmp_path / "resized", zip_of(big), image_size="10x100").info.shape.width == 100
+
+
+def test_split_folders_in_any_case_and_nested_class_folders(tmp_path: Path, data):
+    x, y = data
+    files = {**class_folders(x[:60], y[:60], CLASSES, "Train/"), **class_folders(x[60:], y[60:], CLASSES, "TEST/")}
+    result = run(tmp_path / "cased", zip_of(files))
+    assert result.info.classes == CLASSES and result.splits["test"]["images"] == 30
+    nested = {**class_folders(x, y, CLASSES, "images/"), **class_folders(x, y, CLASSES, "masks/")}
+    with pytest.raises(IngestFailed, match="the class folder images/ holds folders"):
+        run(tmp_path / "nested", zip_of(nested))
+
+
+def test_padded_integer_labels_and_a_named_header_with_a_missing_first_file(tmp_path: Path, data):
+    x, y = data
+    files = csv_layout(x, y, None, header=True)
+    padded = files["labels.csv"].replace(b",0\n", b",00\n").replace(b",1\n", b",01\n")
+    result = run(tmp_path / "padded", zip_of({**files, "labels.csv": padded}))
+    assert result.info.classes == ["0", "1", "2"]
+    assert result.splits["train"]["images"] + result.splits["test"]["images"] == 90
+    missing_first = files["labels.csv"].replace(b"file,label\n", b"file,label\nmissing.png,0\n")
+    with pytest.raises(IngestFailed, match="names 1 file\\(s\\) that are not in the archive, e.g. 'missing.png'"):
+        run(tmp_path / "missing", zip_of({**files, "labels.csv": missing_first}))
+
+
+def test_a_constant_channel_gets_a_usable_std(tmp_path: Path):
+    flat = {f"{c}/{i}.png": png(np.full((8, 8), 7 if c == "a" else 7)) for c in "ab" for i in range(3)}
+    result = run(tmp_path, zip_of(flat))
+    assert result.info.std == [1 / 255] and result.info.mean == pytest.approx([7 / 255])
+
+
+def test_only_the_usual_image_formats_are_read(tmp_path: Path, data):
+    x, y = data
+    pcx = io.BytesIO()
+    Image.fromarray(x[0]).save(pcx, format="PCX")
+    with pytest.raises(IngestFailed, match="'circle/odd.pcx' is not an image Pillow can read"):
+        run(tmp_path, zip_of({**class_folders(x, y, CLASSES), "circle/odd.pcx": pcx.getvalue()}))
