@@ -9,11 +9,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import CursorResult, Delete, delete, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app import storage
 from app.config import Settings
+from app.db import rowcount
 from app.errors import Conflict, InvalidSpec, NotFound, Unavailable
 from app.paging import newest_first
 from app.queue import enqueue_ingest
@@ -37,7 +38,7 @@ def create_dataset(*, session: Session, owner: str, dataset_id: str, name: str, 
     try:
         enqueue_ingest(dataset.id, settings)
     except Unavailable as e:
-        removed = _rowcount(session, delete(Dataset).where(Dataset.id == dataset.id, Dataset.lease_owner.is_(None))
+        removed = rowcount(session, delete(Dataset).where(Dataset.id == dataset.id, Dataset.lease_owner.is_(None))
                             .execution_options(synchronize_session=False))
         session.commit()
         if not removed:  # a worker claimed it: the message got through after all, and this is the answer
@@ -70,12 +71,6 @@ def ready_datasets(*, session: Session, owner: str) -> list[Dataset]:
     """The owner's datasets a job can train on, newest first."""
     return list(session.scalars(select(Dataset).where(Dataset.owner == owner, Dataset.status == DatasetStatus.ready)
                                 .order_by(Dataset.created_at.desc(), Dataset.id.desc())))
-
-
-def _rowcount(session: Session, statement: Delete) -> int:
-    result = session.execute(statement)
-    assert isinstance(result, CursorResult)
-    return result.rowcount
 
 
 def _locked(session: Session, owner: str, dataset_id: str) -> Dataset | None:
@@ -122,7 +117,7 @@ def delete_dataset(*, session: Session, owner: str, dataset_id: str, datasets_di
     users = list(session.scalars(_active_jobs(dataset.id).order_by(Job.created_at)))
     if not users:
         # Conditional: on SQLite (no row lock) a job inserted since the count keeps the dataset.
-        deleted = _rowcount(session, delete(Dataset).where(Dataset.id == dataset.id,
+        deleted = rowcount(session, delete(Dataset).where(Dataset.id == dataset.id,
                                                            ~_active_jobs(dataset.id).exists())
                             .execution_options(synchronize_session=False))
         session.commit()

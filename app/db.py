@@ -5,7 +5,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Delete, Engine, Update, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
@@ -45,6 +45,15 @@ def get_engine() -> Engine:
 @lru_cache
 def _sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(get_engine(), expire_on_commit=False)
+
+
+def rowcount(session: Session, statement: Update | Delete) -> int:
+    """Execute a conditional UPDATE or DELETE; how many rows it changed (0: its condition no longer held).
+
+    Objects already in the session are not synchronized: callers re-read what they need."""
+    result = session.execute(statement.execution_options(synchronize_session=False))
+    assert isinstance(result, CursorResult)
+    return result.rowcount
 
 
 @contextmanager

@@ -8,12 +8,13 @@ from typing import Any, BinaryIO, Literal
 import redis
 from pydantic import ValidationError
 from redis.exceptions import RedisError
-from sqlalchemy import CursorResult, Delete, Update, delete, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from app import storage
 from app.config import Settings
 from app.datasets import confirm_dataset_for_job, dataset_for_job
+from app.db import rowcount
 from app.errors import Conflict, InvalidSpec, NotFound, Unavailable
 from app.loss_stream import LossRecord, LossStream, cancel_key
 from app.paging import newest_first
@@ -27,12 +28,6 @@ log = logging.getLogger(__name__)
 
 # The expiry only bounds a flag nobody consumed (the job ended before the worker looked).
 CANCEL_FLAG_SECONDS = 7 * 24 * 3600
-
-
-def _rowcount(session: Session, statement: Update | Delete) -> int:
-    result = session.execute(statement)
-    assert isinstance(result, CursorResult)
-    return result.rowcount
 
 
 def create_job(*, session: Session, owner: str, spec: JobSpec, settings: Settings) -> Job:
@@ -62,7 +57,7 @@ def create_job(*, session: Session, owner: str, spec: JobSpec, settings: Setting
     except Unavailable as e:
         # A refused request leaves nothing behind. Only a still-queued row goes: if a worker claimed it,
         # the message did get through after all, and the job is the answer.
-        removed = _rowcount(session, delete(Job).where(Job.id == job.id, Job.status == JobStatus.queued)
+        removed = rowcount(session, delete(Job).where(Job.id == job.id, Job.status == JobStatus.queued)
                             .execution_options(synchronize_session=False))
         session.commit()
         if not removed:
@@ -119,10 +114,10 @@ def cancel_job(*, session: Session, client: redis.Redis, owner: str, job_id: str
     job = get_job(session=session, owner=owner, job_id=job_id)
     for _ in range(3):
         if job.status == JobStatus.queued:
-            done = _rowcount(session, update(Job).where(Job.id == job.id, Job.status == JobStatus.queued)
+            done = rowcount(session, update(Job).where(Job.id == job.id, Job.status == JobStatus.queued)
                              .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=utcnow()))
         elif job.status == JobStatus.running:
-            done = _rowcount(session, update(Job).where(Job.id == job.id, Job.status == JobStatus.running)
+            done = rowcount(session, update(Job).where(Job.id == job.id, Job.status == JobStatus.running)
                              .values(cancel_requested=True))
         else:
             raise Conflict(
@@ -151,7 +146,7 @@ def delete_job(*, session: Session, client: redis.Redis, owner: str, job_id: str
     job = get_job(session=session, owner=owner, job_id=job_id)
     if job.status not in DELETABLE:
         raise Conflict(f"job {job.id} is running: cancel it first (POST /jobs/{job.id}/cancel), then delete it")
-    deleted = _rowcount(session, delete(Job).where(Job.id == job.id, Job.status.in_(DELETABLE))
+    deleted = rowcount(session, delete(Job).where(Job.id == job.id, Job.status.in_(DELETABLE))
                         .execution_options(synchronize_session=False))
     session.commit()
     if not deleted:

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, Update, and_, bindparam, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from app.db import rowcount
 from app.tables import Job, JobStatus, UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,6 @@ class Reaped:
     cancelled: list[str] = field(default_factory=list)
 
 
-def _rowcount(session: Session, statement: Update) -> int:
-    result = session.execute(statement.execution_options(synchronize_session=False))
-    assert isinstance(result, CursorResult)
-    return result.rowcount
-
-
 def _utc(value: datetime) -> Any:
     # Typed, so SQLite stores it as the column does (not through sqlite3's deprecated adapter).
     return bindparam(None, value, type_=UTCDateTime())
@@ -69,7 +64,7 @@ def claim_job(*, session: Session, job_id: str, lease_owner: str, lease_seconds:
         Job.status == JobStatus.queued,
         and_(Job.status == JobStatus.running, Job.lease_expires_at < now),
     )
-    won = _rowcount(session, update(Job).where(
+    won = rowcount(session, update(Job).where(
         Job.id == job_id, claimable, Job.attempt < Job.max_attempts, Job.cancel_requested.is_(False),
     ).values(
         status=JobStatus.running,
@@ -91,7 +86,7 @@ def _held(job_id: str, lease_owner: str) -> Any:
 
 def renew_lease(*, session: Session, job_id: str, lease_owner: str, lease_seconds: float) -> LeaseState:
     """Extend our lease; held=False when it was taken from us (reaped, claimed by another, deleted)."""
-    renewed = _rowcount(session, update(Job).where(_held(job_id, lease_owner)).values(
+    renewed = rowcount(session, update(Job).where(_held(job_id, lease_owner)).values(
         lease_expires_at=utcnow() + timedelta(seconds=lease_seconds)))
     if not renewed:
         return LeaseState(held=False, cancel_requested=False)
@@ -102,14 +97,14 @@ def renew_lease(*, session: Session, job_id: str, lease_owner: str, lease_second
 def holds_lease(*, session: Session, job_id: str, lease_owner: str) -> bool:
     """Whether we still hold the job; inside a write transaction, run it first to lock the row."""
     # A no-op UPDATE rather than a SELECT: it takes the row lock, so nobody claims the job until we commit.
-    return bool(_rowcount(session, update(Job).where(_held(job_id, lease_owner)).values(
+    return bool(rowcount(session, update(Job).where(_held(job_id, lease_owner)).values(
         lease_owner=lease_owner)))
 
 
 def finish_job(*, session: Session, job_id: str, lease_owner: str, status: JobStatus,
                error: str | None = None, result: dict[str, Any] | None = None) -> bool:
     """Record how the job ended and release the lease; False (nothing written) if we no longer hold it."""
-    return bool(_rowcount(session, update(Job).where(_held(job_id, lease_owner)).values(
+    return bool(rowcount(session, update(Job).where(_held(job_id, lease_owner)).values(
         status=status, error=error, result=result, finished_at=utcnow(), lease_owner=None,
         lease_expires_at=None)))
 
@@ -118,10 +113,10 @@ def release_job(*, session: Session, job_id: str, lease_owner: str) -> JobStatus
     """Give the job back to the queue (this worker is shutting down) without counting the attempt;
     a job whose cancel was requested ends cancelled instead. None if we no longer held it."""
     released = dict(lease_owner=None, lease_expires_at=None)
-    if _rowcount(session, update(Job).where(_held(job_id, lease_owner), Job.cancel_requested.is_(True))
+    if rowcount(session, update(Job).where(_held(job_id, lease_owner), Job.cancel_requested.is_(True))
                  .values(status=JobStatus.cancelled, finished_at=utcnow(), **released)):
         return JobStatus.cancelled
-    if _rowcount(session, update(Job).where(_held(job_id, lease_owner)).values(
+    if rowcount(session, update(Job).where(_held(job_id, lease_owner)).values(
             status=JobStatus.queued, attempt=Job.attempt - 1, **released)):
         return JobStatus.queued
     return None
@@ -140,7 +135,7 @@ def reap_expired(*, session: Session, resend_after_seconds: float | None = None)
         stale = and_(Job.status == JobStatus.queued, Job.lease_owner.is_(None),
                      func.coalesce(Job.enqueued_at, Job.created_at) < sent_before)
         for job_id, queue in session.execute(select(Job.id, Job.queue).where(stale)).all():
-            if _rowcount(session, update(Job).where(Job.id == job_id, stale).values(enqueued_at=now)):
+            if rowcount(session, update(Job).where(Job.id == job_id, stale).values(enqueued_at=now)):
                 reaped.resent.append((job_id, queue))
     expired = and_(Job.status == JobStatus.running, Job.lease_expires_at < now)
     rows = session.execute(select(Job.id, Job.queue, Job.attempt, Job.max_attempts, Job.cancel_requested)
@@ -148,14 +143,14 @@ def reap_expired(*, session: Session, resend_after_seconds: float | None = None)
     for job_id, queue, attempt, max_attempts, cancel_requested in rows:
         base = update(Job).where(Job.id == job_id, expired)
         if cancel_requested:
-            if _rowcount(session, base.values(status=JobStatus.cancelled, finished_at=now, lease_owner=None,
+            if rowcount(session, base.values(status=JobStatus.cancelled, finished_at=now, lease_owner=None,
                                               lease_expires_at=None)):
                 reaped.cancelled.append(job_id)
         elif attempt < max_attempts:
-            if _rowcount(session, base.values(status=JobStatus.queued, lease_owner=None, lease_expires_at=None,
+            if rowcount(session, base.values(status=JobStatus.queued, lease_owner=None, lease_expires_at=None,
                                               enqueued_at=now)):
                 reaped.requeued.append((job_id, queue))
-        elif _rowcount(session, base.values(
+        elif rowcount(session, base.values(
                 status=JobStatus.failed, finished_at=now, lease_owner=None, lease_expires_at=None,
                 error=f"worker lost: the worker running attempt {attempt} of {max_attempts} stopped "
                       "responding, and no attempts are left")):
@@ -165,6 +160,6 @@ def reap_expired(*, session: Session, resend_after_seconds: float | None = None)
 
 def unqueue(*, session: Session, job_id: str) -> bool:
     """Undo a requeue whose message could not be sent: the job looks expired again, for the next reap."""
-    return bool(_rowcount(session, update(Job).where(
+    return bool(rowcount(session, update(Job).where(
         Job.id == job_id, Job.status == JobStatus.queued, Job.lease_owner.is_(None), Job.attempt > 0,
     ).values(status=JobStatus.running, lease_expires_at=utcnow())))

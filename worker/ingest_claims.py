@@ -12,11 +12,11 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import CursorResult, Update, and_, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app.db import session_scope
+from app.db import rowcount, session_scope
 from app.tables import Dataset, DatasetStatus, utcnow
 
 log = logging.getLogger(__name__)
@@ -38,12 +38,6 @@ class ReapedIngests:
     failed: list[str] = field(default_factory=list)  # their worker died once too often
 
 
-def _rowcount(session: Session, statement: Update) -> int:
-    result = session.execute(statement.execution_options(synchronize_session=False))
-    assert isinstance(result, CursorResult)
-    return result.rowcount
-
-
 def _held(dataset_id: str, lease_owner: str) -> Any:
     return and_(Dataset.id == dataset_id, Dataset.lease_owner == lease_owner,
                 Dataset.status == DatasetStatus.processing)
@@ -52,7 +46,7 @@ def _held(dataset_id: str, lease_owner: str) -> Any:
 def claim_ingest(*, session: Session, dataset_id: str, lease_owner: str, lease_seconds: float) -> IngestClaim | None:
     """Take the upload if it is processing and unclaimed (or its lease expired), with attempts left."""
     now = utcnow()
-    won = _rowcount(session, update(Dataset).where(
+    won = rowcount(session, update(Dataset).where(
         Dataset.id == dataset_id, Dataset.status == DatasetStatus.processing,
         or_(Dataset.lease_owner.is_(None), Dataset.lease_expires_at < now),
         Dataset.attempt < MAX_INGEST_ATTEMPTS,
@@ -67,19 +61,19 @@ def claim_ingest(*, session: Session, dataset_id: str, lease_owner: str, lease_s
 def renew_ingest(*, session: Session, dataset_id: str, lease_owner: str, lease_seconds: float, done: int,
                  total: int | None) -> bool:
     """Extend the lease and record the progress; False when the lease is no longer ours (or the row is gone)."""
-    return bool(_rowcount(session, update(Dataset).where(_held(dataset_id, lease_owner)).values(
+    return bool(rowcount(session, update(Dataset).where(_held(dataset_id, lease_owner)).values(
         lease_expires_at=utcnow() + timedelta(seconds=lease_seconds), images_done=done, images_total=total)))
 
 
 def finish_ingest(*, session: Session, dataset_id: str, lease_owner: str, values: dict[str, Any]) -> bool:
     """Record the outcome (status ready or failed, and what goes with it) and release the lease."""
-    return bool(_rowcount(session, update(Dataset).where(_held(dataset_id, lease_owner)).values(
+    return bool(rowcount(session, update(Dataset).where(_held(dataset_id, lease_owner)).values(
         ready_at=utcnow(), lease_owner=None, lease_expires_at=None, **values)))
 
 
 def release_ingest(*, session: Session, dataset_id: str, lease_owner: str) -> bool:
     """Give the upload back (this worker is shutting down) without counting the attempt."""
-    return bool(_rowcount(session, update(Dataset).where(_held(dataset_id, lease_owner)).values(
+    return bool(rowcount(session, update(Dataset).where(_held(dataset_id, lease_owner)).values(
         lease_owner=None, lease_expires_at=None, attempt=Dataset.attempt - 1, enqueued_at=utcnow())))
 
 
@@ -100,9 +94,9 @@ def reap_ingests(*, session: Session, resend_after_seconds: float) -> ReapedInge
     for dataset_id, attempt in session.execute(select(Dataset.id, Dataset.attempt).where(stale)).all():
         base = update(Dataset).where(Dataset.id == dataset_id, stale)
         if attempt < MAX_INGEST_ATTEMPTS:
-            if _rowcount(session, base.values(lease_owner=None, lease_expires_at=None, enqueued_at=now)):
+            if rowcount(session, base.values(lease_owner=None, lease_expires_at=None, enqueued_at=now)):
                 reaped.resent.append(dataset_id)
-        elif _rowcount(session, base.values(
+        elif rowcount(session, base.values(
                 status=DatasetStatus.failed, ready_at=now, lease_owner=None, lease_expires_at=None,
                 error=f"the ingest was interrupted {attempt} times (its worker stopped responding): upload the "
                       "archive again")):

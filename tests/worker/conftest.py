@@ -1,10 +1,13 @@
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.config import Settings
+from app.migrate import upgrade_head
 from spec.job import JobSpec
+from tests.app.harness import reset_caches
 from worker.hooks import EpochMetrics, Hooks, LossChunk, RunInfo
 
 
@@ -38,6 +41,20 @@ class Recorder(Hooks):
     @property
     def steps(self) -> list[int]:
         return [c.first_step + i for c in self.chunks for i in range(len(c.losses))]
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """An empty, migrated database (PostgreSQL, then SQLite) that the settings point at."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'taas.db'}"
+    upgrade_head(url)
+    monkeypatch.setenv("TAAS_DATABASE_URL", url)
+    reset_caches()
+    yield url
+    reset_caches()
 
 
 @pytest.fixture

@@ -2,18 +2,14 @@
 
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import update
 
 from app.db import session_scope
-from app.migrate import upgrade_head
 from app.tables import Job, JobStatus, utcnow
-from tests.app.harness import reset_caches
 from worker.claims import (
     Claim,
     claim_job,
@@ -26,19 +22,6 @@ from worker.claims import (
 )
 
 LEASE = 30.0
-
-
-@pytest.fixture(params=["postgres", "sqlite"])
-def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
-    if request.param == "postgres":
-        url: str = request.getfixturevalue("postgres_url")
-    else:
-        url = f"sqlite:///{tmp_path / 'taas.db'}"
-    upgrade_head(url)
-    monkeypatch.setenv("TAAS_DATABASE_URL", url)
-    reset_caches()
-    yield url
-    reset_caches()
 
 
 def add_job(**fields: Any) -> str:

@@ -4,18 +4,14 @@ upload folders."""
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import update
 
 from app.db import session_scope
-from app.migrate import upgrade_head
 from app.tables import Dataset, DatasetStatus, utcnow
-from tests.app.harness import reset_caches
 from worker.ingest_claims import (
     MAX_INGEST_ATTEMPTS,
     IngestClaim,
@@ -29,17 +25,6 @@ from worker.ingest_claims import (
 from worker.orphans import sweep_orphan_folders
 
 LEASE = 30.0
-
-
-@pytest.fixture(params=["postgres", "sqlite"])
-def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
-    url: str = (request.getfixturevalue("postgres_url") if request.param == "postgres"
-                else f"sqlite:///{tmp_path / 'taas.db'}")
-    upgrade_head(url)
-    monkeypatch.setenv("TAAS_DATABASE_URL", url)
-    reset_caches()
-    yield url
-    reset_caches()
 
 
 def add_dataset(**fields: Any) -> str:
