@@ -16,12 +16,12 @@ from worker.heartbeat import Heartbeat
 from worker.hooks import EpochMetrics, RunInfo
 from worker.reporter import Reporter
 
-from .test_claims import add_job, claim, database  # noqa: F401  (database is a fixture)
+from .test_claims import add_job, claim
 
 DEAD_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:1/nothing"
 
 
-def test_a_lease_that_cannot_be_renewed_is_given_up(database: str, redis_url: str,  # noqa: F811
+def test_a_lease_that_cannot_be_renewed_is_given_up(database: str, redis_url: str,
                                                      monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     job_id = add_job()
     assert claim(job_id, "w") is not None
@@ -38,7 +38,7 @@ def test_a_lease_that_cannot_be_renewed_is_given_up(database: str, redis_url: st
     client.close()
 
 
-def test_resume_restores_metrics_the_dead_attempt_never_wrote(database: str, redis_url: str,  # noqa: F811
+def test_resume_restores_metrics_the_dead_attempt_never_wrote(database: str, redis_url: str,
                                                               tmp_path: Path) -> None:
     job_id = add_job()
     assert claim(job_id, "w") is not None
