@@ -38,4 +38,4 @@ ENV TAAS_STATE_DIR=/var/lib/taas \
     TAAS_DATASETS_DIR=/var/lib/taas/datasets
 
 EXPOSE 8000
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["python", "-m", "app.server", "--host", "0.0.0.0", "--port", "8000"]

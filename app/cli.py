@@ -247,8 +247,8 @@ def up(args: argparse.Namespace) -> int:
         stack = LocalStack(state_dir, child_env(settings, args.redis_url or settings.redis_url))
         if not args.redis_url:
             stack.env["TAAS_REDIS_URL"] = start_redis(stack, redis_server_binary(args.redis_server))
-        stack.spawn("api", [sys.executable, "-m", "uvicorn", "app.main:app", "--host", args.host,
-                            "--port", str(args.port)])
+        # One API process per core (app.server), each batching its own /predict requests.
+        stack.spawn("api", [sys.executable, "-m", "app.server", "--host", args.host, "--port", str(args.port)])
         # Embedded workers serve both queues: on a GPU machine "cuda" jobs run too; elsewhere they fail
         # with a message rather than wait forever.
         queues = ",".join(queue_name(q, settings) for q in ("cpu", "gpu"))

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     stop_check_batches: int = Field(default=8, ge=1)
     loss_stream_maxlen: int = Field(default=200_000, ge=1000)
 
+    # API processes run by `python -m app.server` (taas up, compose); 0: one per CPU core.
+    api_processes: int = Field(default=0, ge=0, le=256)
+
     # Request bodies over this are refused (413) before parsing; /predict uses predict_max_bytes instead.
     request_max_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024 * 1024)
 
@@ -59,6 +62,18 @@ class Settings(BaseSettings):
     predict_cache_size: int = Field(default=8, ge=1)
     # Larger images are refused before decoding (a small PNG can decode to gigabytes).
     predict_max_pixels: int = Field(default=4096 * 4096, ge=1)
+    # Dynamic batching (app.batching): concurrent requests for one job run as one batch of at most
+    # batch_max_images; a batch that is not full waits up to batch_max_delay_ms for requests still being
+    # received (0: never wait, as Triton's default). Past queue_max_images waiting, requests get 503.
+    predict_batch_max_images: int = Field(default=256, ge=1)
+    predict_batch_max_delay_ms: float = Field(default=0.0, ge=0, le=1000)
+    predict_queue_max_images: int = Field(default=4096, ge=1)
+    # A served job's row and weights file are checked again once its cached model is this old (app.serving):
+    # another API process stops serving a deleted job within this time.
+    predict_recheck_seconds: float = Field(default=2.0, gt=0)
+    # torch threads for inference in each API process; 0 leaves torch's default (one per core). The
+    # multi-process server (app.server) sets it to cores / processes.
+    predict_threads: int = Field(default=0, ge=0, le=256)
 
     # Job queues: "cuda*" devices go to "gpu", "cpu"/"mps" to "cpu", device "auto" to default_queue.
     # queue_prefix is prepended to every queue name, the worker's too (app.queue.queue_name); tests use
@@ -68,6 +83,13 @@ class Settings(BaseSettings):
     queue_prefix: str = Field(default="", max_length=24)
     # Socket timeouts for the API's Redis clients (loss streams, cancel flags, the Celery producer).
     redis_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    # Connections to PostgreSQL, per process (API and workers alike): pool_size kept open, up to
+    # max_overflow more under load; a request that waits longer than pool_timeout for one gets 503 with
+    # Retry-After. Routes hold a connection only while their function runs (app.deps.get_session).
+    db_pool_size: int = Field(default=10, ge=1, le=1000)
+    db_max_overflow: int = Field(default=10, ge=0, le=1000)
+    db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # Listing
     page_size_max: int = Field(default=500, ge=1)

@@ -1,14 +1,18 @@
 """Engine and sessions for the configured database (PostgreSQL via psycopg 3, or SQLite embedded)."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 from sqlalchemy import CursorResult, Delete, Engine, Update, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.config import get_settings
+from app.config import Settings, get_settings
+from app.errors import Unavailable
+
+T = TypeVar("T")
 
 
 def normalize_url(url: str) -> str:
@@ -21,8 +25,13 @@ def normalize_url(url: str) -> str:
 
 def make_engine(url: str) -> Engine:
     url = normalize_url(url)
+    settings = get_settings()
+    # A checkout that waits longer than pool_timeout raises (503 with Retry-After, app.main); routes never
+    # wait that long, since Database below admits no more of them at once than the pool holds.
+    pool = {"pool_size": settings.db_pool_size, "max_overflow": settings.db_max_overflow,
+            "pool_timeout": settings.db_pool_timeout_seconds}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(conn: Any, _record: Any) -> None:
@@ -34,7 +43,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 @lru_cache
@@ -65,3 +74,40 @@ def session_scope() -> Iterator[Session]:
 
 def new_session() -> Session:
     return _sessionmaker()()
+
+
+def pool_capacity(settings: Settings) -> int:
+    return settings.db_pool_size + settings.db_max_overflow
+
+
+class Database:
+    """How routes use the database: `await db.run(fn)` calls fn(session) on a worker thread with a session
+    that is closed (its transaction ended, its connection back in the pool) before run returns, so no
+    connection is held while a response is built or sent.
+
+    At most pool_capacity calls run at once; more requests wait here, on the event loop, holding neither a
+    thread nor a connection, and one that waits longer than db_pool_timeout_seconds is refused with 503
+    (Retry-After). Threads therefore never block on the pool, whatever the concurrency: before, 40 route
+    threads could wait for the 15 connections held by requests that needed a thread to finish."""
+
+    def __init__(self, *, capacity: int, wait_seconds: float):
+        self.limiter = anyio.CapacityLimiter(capacity)
+        self.wait_seconds = wait_seconds
+
+    async def run(self, fn: Callable[[Session], T]) -> T:
+        with anyio.move_on_after(self.wait_seconds) as waited:
+            await self.limiter.acquire()
+        if not waited.cancelled_caught:
+            try:
+                # Once started, the call runs to its end (a client that hangs up cannot cut a commit short).
+                return await anyio.to_thread.run_sync(_call, fn, abandon_on_cancel=False)
+            finally:
+                self.limiter.release()
+        raise Unavailable(f"the server is at its limit of database connections ({self.limiter.total_tokens}) "
+                          f"and none was free within {self.wait_seconds:g} s; retry after the time in the "
+                          "Retry-After header")
+
+
+def _call(fn: Callable[[Session], T]) -> T:
+    with new_session() as session:
+        return fn(session)

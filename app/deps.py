@@ -1,40 +1,56 @@
-"""Dependencies for route signatures, as Annotated aliases."""
+"""Dependencies for route signatures, as Annotated aliases.
 
-from collections.abc import Iterator
-from typing import Annotated
+All of them are async: FastAPI runs a sync dependency on the threadpool, a thread hop per request for
+what is only an attribute read."""
+
+from typing import Annotated, Any
 
 import redis
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
 
+from app.batching import Batcher
 from app.config import Settings, get_settings
-from app.db import new_session
-from app.predictor import Predictor
+from app.db import Database
+from app.predictor import Work
+from app.serving import ServedModels
 
 
-def get_session() -> Iterator[Session]:
-    """One session per request, closed (and rolled back if uncommitted) when the request ends."""
-    with new_session() as session:
-        yield session
+async def settings_dep() -> Settings:
+    return get_settings()
 
 
-def get_owner(settings: Annotated[Settings, Depends(get_settings)]) -> str:
+async def get_owner(settings: Annotated[Settings, Depends(settings_dep)]) -> str:
     # One local owner until authentication arrives; every query is already scoped by it.
     return settings.owner
 
 
-def get_redis(request: Request) -> redis.Redis:
+async def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+async def get_redis(request: Request) -> redis.Redis:
     client: redis.Redis = request.app.state.redis
     return client
 
 
-def get_predictor(request: Request) -> Predictor:
-    predictor: Predictor = request.app.state.predictor
-    return predictor
+async def get_served(request: Request) -> ServedModels:
+    served: ServedModels = request.app.state.served
+    return served
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+# Probabilities tensors as results: typed Any, as app/ outside the predictor does not import torch.
+PredictBatcher = Batcher[Work, Any]
+
+
+async def get_batcher(request: Request) -> PredictBatcher:
+    batcher: PredictBatcher = request.app.state.batcher
+    return batcher
+
+
+DbDep = Annotated[Database, Depends(get_db)]
+SettingsDep = Annotated[Settings, Depends(settings_dep)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
-PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+ServedDep = Annotated[ServedModels, Depends(get_served)]
+BatcherDep = Annotated[PredictBatcher, Depends(get_batcher)]

@@ -9,14 +9,17 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app import errors
+from app.batching import Batcher
 from app.body_limit import BodyLimit
 from app.config import get_settings
-from app.db import get_engine
+from app.db import Database, get_engine, pool_capacity
 from app.predictor import Predictor
 from app.queue import close_client
 from app.routes import catalog, datasets, health, jobs, predict
+from app.serving import ServedModels
 
 # The one place where domain errors become HTTP statuses.
 ERROR_STATUS: dict[type[errors.DomainError], int] = {
@@ -32,17 +35,31 @@ ERROR_STATUS: dict[type[errors.DomainError], int] = {
 }
 
 
+# Seconds a client should wait before retrying a 503 (the header every 503 carries).
+RETRY_AFTER_SECONDS = 1
+
+
+def error_response(detail: str, status_code: int) -> JSONResponse:
+    headers = {"retry-after": str(RETRY_AFTER_SECONDS)} if status_code == 503 else None
+    return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
+
+
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.DomainError)
-    return JSONResponse({"detail": exc.detail}, status_code=ERROR_STATUS[type(exc)])
+    return error_response(exc.detail, ERROR_STATUS[type(exc)])
 
 
 async def _database_down(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": "the database is unreachable; try again shortly"}, status_code=503)
+    return error_response("the database is unreachable; try again shortly", 503)
+
+
+async def _database_busy(request: Request, exc: Exception) -> JSONResponse:
+    return error_response("the server is at its limit of database connections; retry after the time in "
+                          "the Retry-After header", 503)
 
 
 async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": "Redis is unreachable; try again shortly"}, status_code=503)
+    return error_response("Redis is unreachable; try again shortly", 503)
 
 
 def body_limit(path: str) -> int:
@@ -60,11 +77,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     timeout = settings.redis_timeout_seconds
     app.state.redis = redis.Redis.from_url(
         settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
-    app.state.predictor = Predictor(artifacts=settings.artifacts_path, cache_size=settings.predict_cache_size,
-                                    max_pixels=settings.predict_max_pixels)
+    app.state.db = db = Database(capacity=pool_capacity(settings), wait_seconds=settings.db_pool_timeout_seconds)
+    predictor = Predictor(artifacts=settings.artifacts_path, max_pixels=settings.predict_max_pixels,
+                          threads=settings.predict_threads)
+    app.state.served = ServedModels(predictor=predictor, db=db, capacity=settings.predict_cache_size,
+                                    recheck_seconds=settings.predict_recheck_seconds)
+    app.state.batcher = batcher = Batcher(
+        predictor.run, max_batch=settings.predict_batch_max_images,
+        max_delay=settings.predict_batch_max_delay_ms / 1000, max_queue=settings.predict_queue_max_images)
+    batcher.start()
     try:
         yield
     finally:
+        await batcher.stop()
         app.state.redis.close()
         close_client()
         get_engine().dispose()
@@ -81,6 +106,7 @@ def create_app() -> FastAPI:
     for error in ERROR_STATUS:
         app.add_exception_handler(error, _domain_error)
     app.add_exception_handler(OperationalError, _database_down)
+    app.add_exception_handler(PoolTimeout, _database_busy)
     app.add_exception_handler(RedisConnectionError, _redis_down)
     app.add_exception_handler(RedisTimeoutError, _redis_down)
     for module in (jobs, datasets, predict, catalog, health):

@@ -1,12 +1,11 @@
-"""Inference for finished jobs, pytorch/serve style: load once (LRU), preprocess -> inference -> postprocess.
+"""Inference for finished jobs, pytorch/serve style: load once, preprocess -> inference -> postprocess, in
+batches that may join several requests (app.batching).
 
 The only app module that imports torch. Weights load through safetensors, never pickle.
 """
 
 import logging
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from app import images, storage
-from app.errors import BadImage, Conflict, NotFound, PayloadTooLarge, UnsupportedMedia
+from app.errors import BadImage, Conflict, DomainError, InvalidSpec, NotFound, PayloadTooLarge, UnsupportedMedia
 from models import build_model
 from spec.datasets import DatasetInfo
 from spec.job import JobSpec
@@ -40,40 +39,65 @@ class Prediction:
     probabilities: list[float]
 
 
+@dataclass(frozen=True, eq=False)
+class Model:
+    """A job's network with its best weights, in eval mode, and what its inputs must look like."""
+
+    job_id: str
+    network: nn.Module
+    info: DatasetInfo
+    normalize: bool
+    weights_mtime_ns: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        shape = self.info.shape
+        return shape.channels, shape.height, shape.width
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info.classes
+
+
+@dataclass(frozen=True, eq=False)
+class Work:
+    """One request's share of a batch: encoded images, or a float tensor N x C x H x W already scaled as
+    ToTensor scales (0..1), not yet normalized."""
+
+    model: Model
+    uploads: list[Upload] | None = None
+    pixels: torch.Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.uploads) if self.uploads is not None else len(self.pixels if self.pixels is not None else ())
+
+
 class Predictor:
-    """Caches the networks of the last `cache_size` jobs used; safe to call from many threads."""
+    """Loads networks and runs batches of Work; `run` is called from one thread at a time per batcher."""
 
-    def __init__(self, *, artifacts: Path, cache_size: int, max_pixels: int):
+    def __init__(self, *, artifacts: Path, max_pixels: int, threads: int = 0):
         self.artifacts = artifacts
-        self.cache_size = cache_size
         self.max_pixels = max_pixels
-        self._cache: OrderedDict[tuple[str, int], nn.Module] = OrderedDict()
-        self._lock = threading.Lock()
+        if threads > 0:
+            torch.set_num_threads(threads)
 
-    def predict(self, *, job_id: str, spec: JobSpec, info: DatasetInfo, uploads: list[Upload]) -> list[Prediction]:
-        """Class probabilities for each upload, with the network and preprocessing of the job."""
-        batch = torch.stack([self.preprocess(u, info) for u in uploads])
-        if spec.dataset.normalize:
-            mean = torch.tensor(info.mean).view(-1, 1, 1)
-            std = torch.tensor(info.std).view(-1, 1, 1)
-            batch = (batch - mean) / std
-        network = self.load(job_id=job_id, spec=spec, info=info)
-        probabilities = self.inference(network, batch)
-        return self.postprocess(uploads, probabilities, info.classes)
+    def weights_mtime(self, job_id: str) -> int:
+        """The best weights file's modification time; NotFound when it is gone."""
+        try:
+            return (storage.job_dir(self.artifacts, job_id) / storage.BEST).stat().st_mtime_ns
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"job {job_id} has no best weights file: its artifacts are gone") from None
 
-    def load(self, *, job_id: str, spec: JobSpec, info: DatasetInfo) -> nn.Module:
-        """The job's network with its best weights, in eval mode, built once per weights file."""
+    def load(self, *, job_id: str, spec: JobSpec, info: DatasetInfo) -> Model:
+        """Build the job's network with its best weights."""
         path = storage.job_dir(self.artifacts, job_id) / storage.BEST
         try:
-            # Keyed and read through one open file: a file deleted or replaced meanwhile cannot mix the two.
+            # Read through one open file, its mtime from that file: a file replaced meanwhile cannot mix the two.
             with path.open("rb") as file:
-                key = (job_id, os.fstat(file.fileno()).st_mtime_ns)
-                with self._lock:
-                    if key in self._cache:
-                        self._cache.move_to_end(key)
-                        return self._cache[key]
+                mtime = os.fstat(file.fileno()).st_mtime_ns
                 data = file.read()
-        except (FileNotFoundError, IsADirectoryError):
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"job {job_id} has no best weights file: its artifacts are gone") from None
         network = build_model(spec.model.arch, spec.model_params, info.input_shape())
         try:
@@ -85,17 +109,40 @@ class Predictor:
                 "params): the file holds other layers or shapes, or is damaged; train the job again"
             ) from None
         network.eval()
-        with self._lock:
-            self._cache[key] = network
-            self._cache.move_to_end(key)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return network
+        return Model(job_id=job_id, network=network, info=info, normalize=spec.dataset.normalize,
+                     weights_mtime_ns=mtime)
 
-    def evict(self, job_id: str) -> None:
-        with self._lock:
-            for key in [k for k in self._cache if k[0] == job_id]:
-                del self._cache[key]
+    def run(self, batch: list[Work]) -> list[torch.Tensor | DomainError]:
+        """Class probabilities (n x K) for each Work, or the error that refuses it (a bad image refuses its
+        own request, not the others of the batch). Works of one model go through the network together."""
+        results: list[torch.Tensor | DomainError] = [InvalidSpec("not run")] * len(batch)
+        by_model: dict[int, list[int]] = {}
+        for i, work in enumerate(batch):
+            by_model.setdefault(id(work.model), []).append(i)
+        for indices in by_model.values():
+            model = batch[indices[0]].model
+            inputs, sizes, kept = [], [], []
+            for i in indices:
+                try:
+                    pixels = self.pixels(batch[i], model)
+                except DomainError as e:
+                    results[i] = e
+                    continue
+                inputs.append(pixels)
+                sizes.append(len(pixels))
+                kept.append(i)
+            if not kept:
+                continue
+            probabilities = self.inference(model, torch.cat(inputs) if len(inputs) > 1 else inputs[0])
+            for i, part in zip(kept, probabilities.split(sizes), strict=True):
+                results[i] = part
+        return results
+
+    def pixels(self, work: Work, model: Model) -> torch.Tensor:
+        if work.pixels is not None:
+            return work.pixels
+        assert work.uploads is not None
+        return torch.stack([self.preprocess(u, model.info) for u in work.uploads])
 
     def preprocess(self, upload: Upload, info: DatasetInfo) -> torch.Tensor:
         """Decode and conform the image as the dataset's images were (app.images), then ToTensor's
@@ -106,18 +153,21 @@ class Predictor:
             raise REJECTIONS[e.reason](e.detail) from None
         shape = info.shape
         pixels = images.conform(decoded.image, channels=shape.channels, height=shape.height, width=shape.width)
-        return torch.from_numpy(pixels).to(torch.float32).div(255)
+        return torch.from_numpy(pixels).to(torch.float32).div_(255)
 
     @torch.inference_mode()
-    def inference(self, network: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    def inference(self, model: Model, batch: torch.Tensor) -> torch.Tensor:
         """Class probabilities: softmax turns logits and log-probabilities alike into probabilities."""
-        return torch.softmax(network(batch).float(), dim=1)
+        if model.normalize:
+            mean = torch.tensor(model.info.mean).view(-1, 1, 1)
+            std = torch.tensor(model.info.std).view(-1, 1, 1)
+            batch = (batch - mean) / std
+        return torch.softmax(model.network(batch).float(), dim=1)
 
-    def postprocess(
-        self, uploads: list[Upload], probabilities: torch.Tensor, classes: list[str]
-    ) -> list[Prediction]:
-        indices = probabilities.argmax(dim=1).tolist()
-        return [
-            Prediction(u.filename, i, classes[i], p)
-            for u, i, p in zip(uploads, indices, probabilities.tolist(), strict=True)
-        ]
+
+def postprocess(uploads: list[Upload], probabilities: torch.Tensor, classes: list[str]) -> list[Prediction]:
+    indices = probabilities.argmax(dim=1).tolist()
+    return [
+        Prediction(u.filename, i, classes[i], p)
+        for u, i, p in zip(uploads, indices, probabilities.tolist(), strict=True)
+    ]

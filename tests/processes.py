@@ -92,8 +92,9 @@ def start_worker(name: str, env: Mapping[str, str], log_dir: Path, *, concurrenc
 
 
 def start_api(env: Mapping[str, str], log_dir: Path, port: int) -> Service:
-    return start("api", [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-                         "--port", str(port)], env, log_dir)
+    """The API as compose and taas up run it (app.server: a process per core)."""
+    return start("api", [sys.executable, "-m", "app.server", "--host", "127.0.0.1", "--port", str(port)],
+                 env, log_dir)
 
 
 def wait_healthy(base_url: str, service: Service, timeout: float = 90) -> None:

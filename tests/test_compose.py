@@ -51,7 +51,8 @@ def test_services_and_startup_order(compose: dict[str, Any]) -> None:
             "redis": {"condition": "service_healthy"},
         }, name
     api_command = services["api"]["command"]
-    assert api_command[:2] == ["uvicorn", "app.main:app"] and "0.0.0.0" in api_command and "8000" in api_command
+    # The multi-process server with TCP_NODELAY (app/server.py), as taas up runs it.
+    assert api_command[:3] == ["python", "-m", "app.server"] and "0.0.0.0" in api_command and "8000" in api_command
     assert services["api"]["ports"] == ["${TAAS_API_PORT:-8000}:8000"]
     worker = services["worker"]["command"]
     # Queue names carry the deployment's prefix, as the API's do (app.queue.queue_name).

@@ -5,7 +5,7 @@ from functools import lru_cache
 from fastapi import APIRouter
 
 from app import datasets
-from app.deps import OwnerDep, SessionDep
+from app.deps import DbDep, OwnerDep
 from app.schemas import (
     ArchitectureInfo,
     CatalogDataset,
@@ -49,13 +49,14 @@ def build_catalog() -> CatalogPublic:
 
 
 @router.get("/catalog")
-def get_catalog(session: SessionDep, owner: OwnerDep) -> CatalogPublic:
+async def get_catalog(db: DbDep, owner: OwnerDep) -> CatalogPublic:
     """Datasets (built-in, and your ready uploads), architectures, optimizers, losses and schedulers a
     JobSpec can name, with their params."""
     catalog = build_catalog()
     uploads = [
         _catalog_dataset(d.name, d.id, f"Uploaded dataset ({d.layout}), ready since {d.ready_at:%Y-%m-%d %H:%M} UTC.",
                          DatasetInfo.model_validate(d.info))
-        for d in datasets.ready_datasets(session=session, owner=owner) if d.info is not None
+        for d in await db.run(lambda session: datasets.ready_datasets(session=session, owner=owner))
+        if d.info is not None
     ]
     return catalog.model_copy(update={"datasets": catalog.datasets + uploads})

@@ -9,8 +9,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from app import datasets, storage
-from app.db import new_session
-from app.deps import OwnerDep, SessionDep, SettingsDep
+from app.deps import DbDep, OwnerDep, SettingsDep
 from app.errors import InvalidSpec, UnsupportedMedia
 from app.schemas import DatasetPublic, DatasetsPublic, error_responses
 from app.tables import DatasetStatus, new_id
@@ -66,7 +65,7 @@ def _options(fields: dict[str, str]) -> tuple[str, IngestOptions]:
     "", status_code=http_status.HTTP_202_ACCEPTED, openapi_extra=_UPLOAD_FORM,
     responses=error_responses(400, 413, 415, 422, 503),
 )
-async def upload_dataset(request: Request, owner: OwnerDep, settings: SettingsDep) -> DatasetPublic:
+async def upload_dataset(request: Request, db: DbDep, owner: OwnerDep, settings: SettingsDep) -> DatasetPublic:
     """Upload a labelled image archive; it is ingested off the API (status processing -> ready | failed)."""
     dataset_id = new_id()
     folder = storage.dataset_dir(settings.datasets_path, dataset_id)
@@ -76,21 +75,18 @@ async def upload_dataset(request: Request, owner: OwnerDep, settings: SettingsDe
                                   check_head=_must_be_an_archive)
         name, options = _options(form.fields)
 
-        def create() -> DatasetPublic:
-            with new_session() as session:
-                return DatasetPublic.of(datasets.create_dataset(
-                    session=session, owner=owner, dataset_id=dataset_id, name=name, options=options,
-                    archive_bytes=form.size, settings=settings))
-
-        return await run_in_threadpool(create)
+        dataset = await db.run(lambda session: datasets.create_dataset(
+            session=session, owner=owner, dataset_id=dataset_id, name=name, options=options,
+            archive_bytes=form.size, settings=settings))
+        return DatasetPublic.of(dataset)
     except BaseException:
         await run_in_threadpool(shutil.rmtree, folder, True)
         raise
 
 
 @router.get("", responses=error_responses(400))
-def list_datasets(
-    session: SessionDep,
+async def list_datasets(
+    db: DbDep,
     owner: OwnerDep,
     settings: SettingsDep,
     status: DatasetStatus | None = None,
@@ -99,21 +95,22 @@ def list_datasets(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
 ) -> DatasetsPublic:
     """List your datasets, newest first, optionally of one status."""
-    rows, next_cursor = datasets.list_datasets(session=session, owner=owner, status=status,
-                                               limit=min(limit, settings.page_size_max), cursor=cursor)
+    rows, next_cursor = await db.run(lambda session: datasets.list_datasets(
+        session=session, owner=owner, status=status, limit=min(limit, settings.page_size_max), cursor=cursor))
     return DatasetsPublic(data=[DatasetPublic.of(d) for d in rows], next_cursor=next_cursor)
 
 
 @router.get("/{dataset_id}", responses=error_responses(404))
-def get_dataset(dataset_id: str, session: SessionDep, owner: OwnerDep) -> DatasetPublic:
+async def get_dataset(dataset_id: str, db: DbDep, owner: OwnerDep) -> DatasetPublic:
     """A dataset's status (with ingest progress), classes, per-class counts per split, image shape,
     statistics, skipped files and error."""
-    return DatasetPublic.of(datasets.get_dataset(session=session, owner=owner, dataset_id=dataset_id))
+    return DatasetPublic.of(
+        await db.run(lambda session: datasets.get_dataset(session=session, owner=owner, dataset_id=dataset_id)))
 
 
 @router.delete("/{dataset_id}", status_code=http_status.HTTP_204_NO_CONTENT, responses=error_responses(404, 409))
-def delete_dataset(dataset_id: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep) -> Response:
+async def delete_dataset(dataset_id: str, db: DbDep, owner: OwnerDep, settings: SettingsDep) -> Response:
     """Delete a dataset and its files (409 while a queued or running job trains on it)."""
-    datasets.delete_dataset(session=session, owner=owner, dataset_id=dataset_id,
-                            datasets_dir=settings.datasets_path)
+    await db.run(lambda session: datasets.delete_dataset(session=session, owner=owner, dataset_id=dataset_id,
+                                                         datasets_dir=settings.datasets_path))
     return Response(status_code=http_status.HTTP_204_NO_CONTENT)

@@ -4,26 +4,42 @@ from fastapi import APIRouter, Response, status
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from app.deps import RedisDep, SessionDep
+from app.deps import DbDep, RedisDep
+from app.errors import Unavailable
 from app.schemas import HealthPublic
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", responses={503: {"model": HealthPublic, "description": "A dependency is down"}})
-def get_health(session: SessionDep, client: RedisDep, response: Response) -> HealthPublic:
-    """Check the database (SELECT 1) and Redis (PING); 503 names the one that failed."""
-    db = redis = "ok"
+def _select_one(session: Session) -> str:
     try:
         session.execute(text("SELECT 1"))
     except SQLAlchemyError as e:
-        db = f"failed: {type(e).__name__}: {e.__cause__ or e}".splitlines()[0]
+        return f"failed: {type(e).__name__}: {e.__cause__ or e}".splitlines()[0]
+    return "ok"
+
+
+def _ping(client: RedisDep) -> str:
     try:
         client.ping()
     except RedisError as e:
-        redis = f"failed: {type(e).__name__}: {e}".splitlines()[0]
-    ok = db == redis == "ok"
+        return f"failed: {type(e).__name__}: {e}".splitlines()[0]
+    return "ok"
+
+
+@router.get("/health", responses={503: {"model": HealthPublic, "description": "A dependency is down"}})
+async def get_health(db: DbDep, client: RedisDep, response: Response) -> HealthPublic:
+    """Check the database (SELECT 1) and Redis (PING); 503 names the one that failed."""
+    try:
+        database = await db.run(_select_one)
+    except Unavailable as e:
+        database = f"failed: {e.detail}"
+    redis = await run_in_threadpool(_ping, client)
+    ok = database == redis == "ok"
     if not ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return HealthPublic(status="ok" if ok else "unavailable", db=db, redis=redis)
+        response.headers["retry-after"] = "1"
+    return HealthPublic(status="ok" if ok else "unavailable", db=database, redis=redis)

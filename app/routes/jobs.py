@@ -7,10 +7,12 @@ from typing import Annotated, BinaryIO, Literal
 from fastapi import APIRouter, Query, Response
 from fastapi import status as http_status
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
 from app import cursors, jobs
-from app.deps import OwnerDep, PredictorDep, RedisDep, SessionDep, SettingsDep
+from app.deps import DbDep, OwnerDep, RedisDep, ServedDep, SettingsDep
+from app.loss_stream import LossRecord
 from app.schemas import (
     EpochMetricPublic,
     JobPublic,
@@ -23,19 +25,22 @@ from app.schemas import (
 from app.tables import JobStatus
 from spec.job import JobSpec
 
+# Every route is async and does its database work in one db.run call (app.db.Database): the session is
+# closed before the response is built.
+
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 @router.post("", status_code=http_status.HTTP_201_CREATED, responses=error_responses(413, 503))
-def submit_job(spec: JobSpec, session: SessionDep, owner: OwnerDep, settings: SettingsDep) -> JobPublic:
+async def submit_job(spec: JobSpec, db: DbDep, owner: OwnerDep, settings: SettingsDep) -> JobPublic:
     """Submit a training job; it is queued and a worker picks it up."""
-    job = jobs.create_job(session=session, owner=owner, spec=spec, settings=settings)
+    job = await db.run(lambda session: jobs.create_job(session=session, owner=owner, spec=spec, settings=settings))
     return JobPublic.of(job)
 
 
 @router.get("", responses=error_responses(400))
-def list_jobs(
-    session: SessionDep,
+async def list_jobs(
+    db: DbDep,
     owner: OwnerDep,
     settings: SettingsDep,
     status: JobStatus | None = None,
@@ -44,22 +49,26 @@ def list_jobs(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
 ) -> JobsPublic:
     """List your jobs, newest first, optionally of one status."""
-    rows, next_cursor = jobs.list_jobs(session=session, owner=owner, status=status,
-                                       limit=min(limit, settings.page_size_max), cursor=cursor)
+    rows, next_cursor = await db.run(lambda session: jobs.list_jobs(
+        session=session, owner=owner, status=status, limit=min(limit, settings.page_size_max), cursor=cursor))
     return JobsPublic(data=[JobPublic.of(j) for j in rows], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", responses=error_responses(404))
-def get_job(job_id: str, session: SessionDep, owner: OwnerDep, client: RedisDep) -> JobPublic:
+async def get_job(job_id: str, db: DbDep, owner: OwnerDep, client: RedisDep) -> JobPublic:
     """A job's status, progress, timings, result and error."""
-    job = jobs.get_job(session=session, owner=owner, job_id=job_id)
-    return JobPublic.of(job, live_step=jobs.live_steps(client=client, job=job))
+
+    def read(session: Session) -> JobPublic:
+        job = jobs.get_job(session=session, owner=owner, job_id=job_id)
+        return JobPublic.of(job, live_step=jobs.live_steps(client=client, job=job))
+
+    return await db.run(read)
 
 
 @router.get("/{job_id}/losses", responses=error_responses(400, 404))
-def get_losses(
+async def get_losses(
     job_id: str,
-    session: SessionDep,
+    db: DbDep,
     owner: OwnerDep,
     client: RedisDep,
     after: Annotated[str | None, Query(description="next_cursor of the previous call; leave out to "
@@ -67,9 +76,13 @@ def get_losses(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> LossesPublic:
     """Per-batch losses after a cursor, in step order: poll with next_cursor to follow a running job."""
-    job = jobs.get_job(session=session, owner=owner, job_id=job_id)
     last = cursors.decode_step(after) if after else -1
-    records = jobs.read_losses(session=session, client=client, job_id=job.id, after=last, limit=limit)
+
+    def read(session: Session) -> list[LossRecord]:
+        job = jobs.get_job(session=session, owner=owner, job_id=job_id)
+        return jobs.read_losses(session=session, client=client, job_id=job.id, after=last, limit=limit)
+
+    records = await db.run(read)
     if records:
         last = records[-1].step
     return LossesPublic(
@@ -79,11 +92,15 @@ def get_losses(
 
 
 @router.get("/{job_id}/metrics", responses=error_responses(404))
-def get_metrics(job_id: str, session: SessionDep, owner: OwnerDep) -> MetricsPublic:
+async def get_metrics(job_id: str, db: DbDep, owner: OwnerDep) -> MetricsPublic:
     """Per-epoch train loss, test/validation loss and accuracy, and duration."""
-    job = jobs.get_job(session=session, owner=owner, job_id=job_id)
-    rows = jobs.epoch_metrics(session=session, job_id=job.id)
-    return MetricsPublic(data=[EpochMetricPublic.model_validate(r) for r in rows])
+
+    def read(session: Session) -> MetricsPublic:
+        job = jobs.get_job(session=session, owner=owner, job_id=job_id)
+        rows = jobs.epoch_metrics(session=session, job_id=job.id)
+        return MetricsPublic(data=[EpochMetricPublic.model_validate(r) for r in rows])
+
+    return await db.run(read)
 
 
 @router.post(
@@ -94,25 +111,27 @@ def get_metrics(job_id: str, session: SessionDep, owner: OwnerDep) -> MetricsPub
         **error_responses(404, 409),
     },
 )
-def cancel_job(
-    job_id: str, response: Response, session: SessionDep, owner: OwnerDep, client: RedisDep
-) -> JobPublic:
+async def cancel_job(job_id: str, response: Response, db: DbDep, owner: OwnerDep, client: RedisDep) -> JobPublic:
     """Cancel a job: a queued one at once, a running one cooperatively (it ends `cancelled`)."""
-    job = jobs.cancel_job(session=session, client=client, owner=owner, job_id=job_id)
+
+    def cancel(session: Session) -> JobPublic:
+        job = jobs.cancel_job(session=session, client=client, owner=owner, job_id=job_id)
+        return JobPublic.of(job, live_step=jobs.live_steps(client=client, job=job))
+
+    job = await db.run(cancel)
     if job.status == JobStatus.running:
         response.status_code = http_status.HTTP_202_ACCEPTED
-    return JobPublic.of(job, live_step=jobs.live_steps(client=client, job=job))
+    return job
 
 
 @router.delete("/{job_id}", status_code=http_status.HTTP_204_NO_CONTENT, responses=error_responses(404, 409))
-def delete_job(
-    job_id: str, session: SessionDep, owner: OwnerDep, client: RedisDep, settings: SettingsDep,
-    predictor: PredictorDep,
+async def delete_job(
+    job_id: str, db: DbDep, owner: OwnerDep, client: RedisDep, settings: SettingsDep, served: ServedDep,
 ) -> Response:
     """Delete a job that is not running, with its losses, metrics and artifacts."""
-    jobs.delete_job(session=session, client=client, owner=owner, job_id=job_id,
-                    artifacts=settings.artifacts_path)
-    predictor.evict(job_id)
+    await db.run(lambda session: jobs.delete_job(session=session, client=client, owner=owner, job_id=job_id,
+                                                 artifacts=settings.artifacts_path))
+    served.evict(job_id)
     return Response(status_code=http_status.HTTP_204_NO_CONTENT)
 
 
@@ -123,19 +142,22 @@ def delete_job(
                      "description": "The state_dict in safetensors format"},
                **error_responses(404)},
 )
-def get_weights(
-    job_id: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep,
-    which: Literal["best", "last"] = "best",
+async def get_weights(
+    job_id: str, db: DbDep, owner: OwnerDep, settings: SettingsDep, which: Literal["best", "last"] = "best",
 ) -> StreamingResponse:
     """Download the job's best (lowest validation/test loss) or last state_dict as safetensors."""
-    job = jobs.get_job(session=session, owner=owner, job_id=job_id)
-    # Served from the open file, so a job deleted (or a file replaced) meanwhile cannot break the response.
-    file = jobs.open_weights(job=job, which=which, artifacts=settings.artifacts_path)
-    size = os.fstat(file.fileno()).st_size
+
+    def open_file(session: Session) -> tuple[str, BinaryIO, int]:
+        job = jobs.get_job(session=session, owner=owner, job_id=job_id)
+        # Served from the open file, so a job deleted (or a file replaced) meanwhile cannot break the response.
+        file = jobs.open_weights(job=job, which=which, artifacts=settings.artifacts_path)
+        return job.id, file, os.fstat(file.fileno()).st_size
+
+    job_id, file, size = await db.run(open_file)
     return StreamingResponse(
         _chunks(file), media_type="application/octet-stream",
         headers={"content-length": str(size),
-                 "content-disposition": f'attachment; filename="{job.id}-{which}.safetensors"'},
+                 "content-disposition": f'attachment; filename="{job_id}-{which}.safetensors"'},
         # Also closes the file when the client went away before the first chunk.
         background=BackgroundTask(file.close),
     )

@@ -1,46 +1,68 @@
 """Predictions with a finished job's best weights."""
 
-from typing import Annotated
+from typing import Any
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
 
-from app import jobs
-from app.deps import OwnerDep, PredictorDep, SessionDep, SettingsDep
+from app.deps import BatcherDep, OwnerDep, ServedDep, SettingsDep
 from app.errors import InvalidSpec, PayloadTooLarge
-from app.predictor import Upload
+from app.multipart import parse_form
+from app.predictor import Upload, Work, postprocess
 from app.schemas import PredictionPublic, PredictionsPublic, error_responses
 
 router = APIRouter(tags=["predict"])
 
+_FORM: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "required": ["job_id", "files"],
+            "properties": {
+                "job_id": {"type": "string", "description": "A succeeded job."},
+                "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                          "description": "One or more images (PNG, JPEG, BMP, GIF, TIFF, WebP or PPM)."},
+            },
+        }}},
+    },
+}
 
-# Sync on purpose: FastAPI runs it in the threadpool, so decoding and inference stay off the event loop.
-# The body size limit (settings.predict_max_bytes) is enforced before parsing, by app.body_limit.
-@router.post(
-    "/predict",
-    responses=error_responses(400, 404, 409, 413, 415),
-    # Starlette's own part-count limit would answer 400; let ours (predict_max_files) answer instead.
-    form_limits={"max_files": 100_000},
-)
-def predict(
-    job_id: Annotated[str, Form(description="A succeeded job.")],
-    files: Annotated[list[UploadFile], File(description="One or more images (anything Pillow reads).")],
-    session: SessionDep,
-    owner: OwnerDep,
-    settings: SettingsDep,
-    predictor: PredictorDep,
-) -> PredictionsPublic:
+
+def _missing(name: str) -> RequestValidationError:
+    return RequestValidationError([{"type": "missing", "loc": ("body", name), "msg": "Field required",
+                                    "input": None}])
+
+
+# The body size limit (settings.predict_max_bytes) is enforced before parsing, by app.body_limit. Decoding
+# and inference run on the batcher's inference thread, never on the event loop.
+@router.post("/predict", openapi_extra=_FORM, response_model=PredictionsPublic,
+             responses=error_responses(400, 404, 409, 413, 415, 503))
+async def predict(
+    request: Request, owner: OwnerDep, settings: SettingsDep, served: ServedDep, batcher: BatcherDep
+) -> Response:
     """Classify images with a succeeded job's best weights: class index, label and probabilities."""
-    if not files:
+    with batcher.receiving():
+        form = parse_form(await request.body(), request.headers.get("content-type", ""),
+                          max_files=settings.predict_max_files)
+        job_id = form.fields.get("job_id")
+        files = [f for f in form.files if f.name == "files"]
+        if job_id is None:
+            raise _missing("job_id")
+        if not files:
+            raise _missing("files")
+        if len(files) > settings.predict_max_files:
+            raise PayloadTooLarge(
+                f"{len(files)} files in one request; at most {settings.predict_max_files} are accepted")
+        model = await served.get(owner=owner, job_id=job_id)
+    uploads = [Upload(f.filename or f"files[{i}]", f.data) for i, f in enumerate(files)]
+    if not uploads:
         raise InvalidSpec("files: send at least one image")
-    if len(files) > settings.predict_max_files:
-        raise PayloadTooLarge(
-            f"{len(files)} files in one request; at most {settings.predict_max_files} are accepted")
-    job = jobs.succeeded_job(session=session, owner=owner, job_id=job_id)
-    uploads = [Upload(f.filename or f"files[{i}]", f.file.read()) for i, f in enumerate(files)]
-    spec = jobs.job_spec(job)
-    predictions = predictor.predict(job_id=job.id, spec=spec, info=jobs.job_dataset(job, spec), uploads=uploads)
-    return PredictionsPublic(
-        job_id=job.id,
+    probabilities = await batcher.submit(Work(model, uploads=uploads))
+    body = PredictionsPublic(
+        job_id=job_id,
         predictions=[PredictionPublic(filename=p.filename, class_index=p.class_index, label=p.label,
-                                      probabilities=p.probabilities) for p in predictions],
+                                      probabilities=p.probabilities)
+                     for p in postprocess(uploads, probabilities, model.classes)],
     )
+    return Response(body.model_dump_json(), media_type="application/json")

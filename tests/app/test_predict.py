@@ -314,7 +314,7 @@ def test_a_stored_spec_this_version_rejects_is_a_conflict(client: TestClient, en
 def test_weights_deleted_before_a_cold_load_are_not_found(client: TestClient, env: ApiEnv, job_id: str):
     weights = env.settings.artifacts_path / job_id / "best.safetensors"
     weights.unlink()
-    predictor = Predictor(artifacts=env.settings.artifacts_path, cache_size=2, max_pixels=100)
+    predictor = Predictor(artifacts=env.settings.artifacts_path, max_pixels=100)
     with pytest.raises(NotFound, match=f"job {job_id} has no best weights file"):
         predictor.load(job_id=job_id, spec=JobSpec.model_validate(FASHION_MLP),
                        info=BUILTIN_DATASETS["fashion-mnist"].info)
