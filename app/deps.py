@@ -3,8 +3,9 @@
 All of them are async: FastAPI runs a sync dependency on the threadpool, a thread hop per request for
 what is only an attribute read."""
 
-from typing import Annotated, Any
+from typing import Annotated
 
+import numpy as np
 import redis
 from fastapi import Depends, Request
 
@@ -39,8 +40,7 @@ async def get_served(request: Request) -> ServedModels:
     return served
 
 
-# Probabilities tensors as results: typed Any, as app/ outside the predictor does not import torch.
-PredictBatcher = Batcher[Work, Any]
+PredictBatcher = Batcher[Work, np.ndarray]
 
 
 async def get_batcher(request: Request) -> PredictBatcher:

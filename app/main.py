@@ -18,7 +18,7 @@ from app.config import get_settings
 from app.db import Database, get_engine, pool_capacity
 from app.predictor import Predictor
 from app.queue import close_client
-from app.routes import catalog, datasets, health, jobs, predict
+from app.routes import catalog, datasets, health, inference, jobs, predict
 from app.serving import ServedModels
 
 # The one place where domain errors become HTTP statuses.
@@ -39,36 +39,40 @@ ERROR_STATUS: dict[type[errors.DomainError], int] = {
 RETRY_AFTER_SECONDS = 1
 
 
-def error_response(detail: str, status_code: int) -> JSONResponse:
+def error_response(request: Request, detail: str, status_code: int) -> JSONResponse:
+    """{"detail": ...}, or {"error": ...} on the Open Inference Protocol's routes (/v2), as its clients read."""
     headers = {"retry-after": str(RETRY_AFTER_SECONDS)} if status_code == 503 else None
-    return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
+    key = "error" if request.url.path.startswith("/v2/") else "detail"
+    return JSONResponse({key: detail}, status_code=status_code, headers=headers)
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.DomainError)
-    return error_response(exc.detail, ERROR_STATUS[type(exc)])
+    return error_response(request, exc.detail, ERROR_STATUS[type(exc)])
 
 
 async def _database_down(request: Request, exc: Exception) -> JSONResponse:
-    return error_response("the database is unreachable; try again shortly", 503)
+    return error_response(request, "the database is unreachable; try again shortly", 503)
 
 
 async def _database_busy(request: Request, exc: Exception) -> JSONResponse:
-    return error_response("the server is at its limit of database connections; retry after the time in "
-                          "the Retry-After header", 503)
+    return error_response(request, "the server is at its limit of database connections; retry after the time "
+                          "in the Retry-After header", 503)
 
 
 async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
-    return error_response("Redis is unreachable; try again shortly", 503)
+    return error_response(request, "Redis is unreachable; try again shortly", 503)
 
 
 def body_limit(path: str) -> int:
-    """The most request-body bytes a route accepts: archives on /datasets, images on /predict, small JSON
-    everywhere else."""
+    """The most request-body bytes a route accepts: archives on /datasets, images or tensors on /predict and
+    /v2/models/{name}/infer, small JSON everywhere else."""
     settings = get_settings()
     if path == "/datasets":
         return settings.dataset_max_upload_bytes
-    return settings.predict_max_bytes if path == "/predict" else settings.request_max_bytes
+    if path == "/predict" or (path.startswith("/v2/models/") and path.endswith("/infer")):
+        return settings.predict_max_bytes
+    return settings.request_max_bytes
 
 
 @asynccontextmanager
@@ -109,7 +113,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(PoolTimeout, _database_busy)
     app.add_exception_handler(RedisConnectionError, _redis_down)
     app.add_exception_handler(RedisTimeoutError, _redis_down)
-    for module in (jobs, datasets, predict, catalog, health):
+    for module in (jobs, datasets, predict, inference, catalog, health):
         app.include_router(module.router)
     return app
 

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
@@ -61,12 +62,12 @@ class Model:
 
 @dataclass(frozen=True, eq=False)
 class Work:
-    """One request's share of a batch: encoded images, or a float tensor N x C x H x W already scaled as
-    ToTensor scales (0..1), not yet normalized."""
+    """One request's share of a batch: encoded images, or float32 pixels N x C x H x W already scaled as
+    ToTensor scales them (0..1), not yet normalized."""
 
     model: Model
     uploads: list[Upload] | None = None
-    pixels: torch.Tensor | None = None
+    pixels: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -112,10 +113,11 @@ class Predictor:
         return Model(job_id=job_id, network=network, info=info, normalize=spec.dataset.normalize,
                      weights_mtime_ns=mtime)
 
-    def run(self, batch: list[Work]) -> list[torch.Tensor | DomainError]:
-        """Class probabilities (n x K) for each Work, or the error that refuses it (a bad image refuses its
-        own request, not the others of the batch). Works of one model go through the network together."""
-        results: list[torch.Tensor | DomainError] = [InvalidSpec("not run")] * len(batch)
+    def run(self, batch: list[Work]) -> list[np.ndarray | DomainError]:
+        """Class probabilities (float32, n x K) for each Work, or the error that refuses it (a bad image
+        refuses its own request, not the others of the batch). Works of one model go through the network
+        together."""
+        results: list[np.ndarray | DomainError] = [InvalidSpec("not run")] * len(batch)
         by_model: dict[int, list[int]] = {}
         for i, work in enumerate(batch):
             by_model.setdefault(id(work.model), []).append(i)
@@ -133,14 +135,16 @@ class Predictor:
                 kept.append(i)
             if not kept:
                 continue
-            probabilities = self.inference(model, torch.cat(inputs) if len(inputs) > 1 else inputs[0])
-            for i, part in zip(kept, probabilities.split(sizes), strict=True):
-                results[i] = part
+            probabilities = self.inference(model, torch.cat(inputs) if len(inputs) > 1 else inputs[0]).numpy()
+            start = 0
+            for i, size in zip(kept, sizes, strict=True):
+                results[i] = probabilities[start:start + size]
+                start += size
         return results
 
     def pixels(self, work: Work, model: Model) -> torch.Tensor:
         if work.pixels is not None:
-            return work.pixels
+            return torch.from_numpy(work.pixels)
         assert work.uploads is not None
         return torch.stack([self.preprocess(u, model.info) for u in work.uploads])
 
@@ -165,8 +169,8 @@ class Predictor:
         return torch.softmax(model.network(batch).float(), dim=1)
 
 
-def postprocess(uploads: list[Upload], probabilities: torch.Tensor, classes: list[str]) -> list[Prediction]:
-    indices = probabilities.argmax(dim=1).tolist()
+def postprocess(uploads: list[Upload], probabilities: np.ndarray, classes: list[str]) -> list[Prediction]:
+    indices = probabilities.argmax(axis=1).tolist()
     return [
         Prediction(u.filename, i, classes[i], p)
         for u, i, p in zip(uploads, indices, probabilities.tolist(), strict=True)

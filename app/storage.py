@@ -10,6 +10,8 @@ BEST = "best.safetensors"
 LAST = "last.safetensors"
 WEIGHT_FILES = {"best": BEST, "last": LAST}
 ARTIFACT_FILES = {"best": BEST, "last": LAST, "checkpoint": CHECKPOINT}
+# The best weights exported for other runtimes (GET /jobs/{id}/export), written on first request.
+EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 
 # A folder per dataset under the datasets folder: the upload until it is ingested, then the store.
 ARCHIVE = "archive"

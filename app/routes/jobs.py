@@ -9,9 +9,12 @@ from fastapi import status as http_status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
-from app import cursors, jobs
+from app import cursors, export, jobs, storage
 from app.deps import DbDep, OwnerDep, RedisDep, ServedDep, SettingsDep
+from app.errors import NotFound
+from app.export import ExportFormat
 from app.loss_stream import LossRecord
 from app.schemas import (
     EpochMetricPublic,
@@ -167,3 +170,39 @@ def _chunks(file: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
     with file:
         while chunk := file.read(size):
             yield chunk
+
+
+EXPORT_MEDIA = {"onnx": "application/onnx", "torchscript": "application/octet-stream"}
+
+
+@router.get(
+    "/{job_id}/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/onnx": {}, "application/octet-stream": {}},
+                     "description": "The best network with its preprocessing and softmax: float32 pixels "
+                                    "N x C x H x W (0..1, as ToTensor gives them) in, probabilities N x K out"},
+               **error_responses(404, 409)},
+)
+async def export_job(
+    job_id: str, owner: OwnerDep, settings: SettingsDep, served: ServedDep,
+    format: Annotated[ExportFormat, Query(description="onnx (input 'input', output 'probabilities', dynamic "
+                                           "batch) or torchscript (torch.jit.load)")] = "onnx",
+) -> StreamingResponse:
+    """A succeeded job's best network for other runtimes, produced on first request and kept with the job's
+    artifacts; onnxruntime and torch.jit.load give the probabilities POST /predict gives."""
+    model = await served.get(owner=owner, job_id=job_id)
+
+    def open_export() -> tuple[BinaryIO, int]:
+        try:
+            file = export.ensure_export(model, format, settings.artifacts_path).open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"job {job_id}'s artifacts are gone (the job was deleted)") from None
+        return file, os.fstat(file.fileno()).st_size
+
+    file, size = await run_in_threadpool(open_export)
+    name = storage.EXPORT_FILES[format]
+    return StreamingResponse(
+        _chunks(file), media_type=EXPORT_MEDIA[format],
+        headers={"content-length": str(size), "content-disposition": f'attachment; filename="{job_id}-{name}"'},
+        background=BackgroundTask(file.close),
+    )
