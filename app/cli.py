@@ -25,6 +25,7 @@ import httpx
 from app.config import Settings, get_settings
 from app.migrate import upgrade_head
 from app.queue import INGEST_QUEUE, queue_name
+from app.server import default_processes
 
 POLL_SECONDS = 0.2
 
@@ -253,6 +254,9 @@ def up(args: argparse.Namespace) -> int:
         # with a message rather than wait forever.
         queues = ",".join(queue_name(q, settings) for q in ("cpu", "gpu"))
         # One more worker decodes dataset uploads, so an upload never waits behind a training run.
+        if settings.worker_torch_threads == 0 and args.workers > 1:
+            # Jobs running side by side would each start a thread per core: share the cores out instead.
+            stack.env["TAAS_WORKER_TORCH_THREADS"] = str(max(1, default_processes() // args.workers))
         workers = [(str(i), queues) for i in range(1, args.workers + 1)]
         workers.append(("ingest", queue_name(INGEST_QUEUE, settings)))
         for name, worker_queues in workers:

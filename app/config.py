@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(default=60, ge=5)
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     worker_queue: str = "cpu,ingest"
+    # torch intra-op threads of each worker process; 0: torch's default, one per core. Where the API shares
+    # the cores and takes heavy traffic, fewer threads keep training steady (bench/api_load.py: on 2 cores
+    # under 64 polling clients, an epoch took 5.5x as long with 2 threads, 1.5x the idle 2-thread time with 1).
+    # `taas up --workers N` sets cores / N when it is 0.
+    worker_torch_threads: int = Field(default=0, ge=0, le=256)
     # How often a running job looks for a cancel request (a Redis key; the DB flag on each heartbeat).
     cancel_poll_seconds: float = Field(default=0.2, gt=0)
     # How often each worker requeues jobs whose lease expired (their worker died), and at its start.
@@ -84,12 +89,15 @@ class Settings(BaseSettings):
     # Socket timeouts for the API's Redis clients (loss streams, cancel flags, the Celery producer).
     redis_timeout_seconds: float = Field(default=5.0, gt=0)
 
-    # Connections to PostgreSQL, per process (API and workers alike): pool_size kept open, up to
-    # max_overflow more under load; a request that waits longer than pool_timeout for one gets 503 with
-    # Retry-After. Routes hold a connection only while their function runs (app.deps.get_session).
+    # Connections to PostgreSQL, per process: pool_size kept open, up to max_overflow more for the workers'
+    # threads under load. The API runs at most pool_size database calls at once (app.db.Database); a request
+    # that waits longer than pool_timeout for its turn gets 503 with Retry-After.
     db_pool_size: int = Field(default=10, ge=1, le=1000)
     db_max_overflow: int = Field(default=10, ge=0, le=1000)
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Connections of each API process's asyncio pool for GET /jobs/{id} on PostgreSQL (app.job_reads): one
+    # query takes about 0.1 ms, so a few serve thousands of requests a second.
+    db_read_pool_size: int = Field(default=4, ge=1, le=100)
 
     # Listing
     page_size_max: int = Field(default=500, ge=1)

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import anyio
 from sqlalchemy import CursorResult, Delete, Engine, Update, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings, get_settings
@@ -23,7 +24,9 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, pre_ping: bool = True) -> Engine:
+    """pre_ping tests each connection with a round trip as it leaves the pool: the workers' way (a stale
+    connection after a database restart never fails their writes). The API goes without (app.db.Database)."""
     url = normalize_url(url)
     settings = get_settings()
     # A checkout that waits longer than pool_timeout raises (503 with Retry-After, app.main); routes never
@@ -43,7 +46,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **pool)
+    return create_engine(url, pool_pre_ping=pre_ping, **pool)
 
 
 @lru_cache
@@ -77,37 +80,65 @@ def new_session() -> Session:
 
 
 def pool_capacity(settings: Settings) -> int:
-    return settings.db_pool_size + settings.db_max_overflow
+    """Route calls at once per API process: the connections the pool keeps open. Admitting more would use
+    its overflow, whose connections are closed as soon as they are returned: a new PostgreSQL backend
+    (a process fork) per request under load, measured as the biggest single cost of GET /jobs/{id}."""
+    return settings.db_pool_size
 
 
 class Database:
     """How routes use the database: `await db.run(fn)` calls fn(session) on a worker thread with a session
     that is closed (its transaction ended, its connection back in the pool) before run returns, so no
-    connection is held while a response is built or sent.
+    connection is held while a response is built or sent. `await db.read(fn)` does the same for work that
+    only reads: in autocommit (no BEGIN and ROLLBACK round trips), retried once if its connection turns out
+    dead (after a database restart; SQLAlchemy then empties the pool).
 
     At most pool_capacity calls run at once; more requests wait here, on the event loop, holding neither a
     thread nor a connection, and one that waits longer than db_pool_timeout_seconds is refused with 503
     (Retry-After). Threads therefore never block on the pool, whatever the concurrency: before, 40 route
     threads could wait for the 15 connections held by requests that needed a thread to finish."""
 
-    def __init__(self, *, capacity: int, wait_seconds: float):
+    def __init__(self, engine: Engine, *, capacity: int, wait_seconds: float):
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._reads = sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
         self.limiter = anyio.CapacityLimiter(capacity)
         self.wait_seconds = wait_seconds
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Database":
+        return cls(make_engine(settings.database_url, pre_ping=False), capacity=pool_capacity(settings),
+                   wait_seconds=settings.db_pool_timeout_seconds)
+
     async def run(self, fn: Callable[[Session], T]) -> T:
+        return await self._call(self._sessions, fn, retry=False)
+
+    async def read(self, fn: Callable[[Session], T]) -> T:
+        return await self._call(self._reads, fn, retry=True)
+
+    async def _call(self, sessions: sessionmaker[Session], fn: Callable[[Session], T], *, retry: bool) -> T:
         with anyio.move_on_after(self.wait_seconds) as waited:
             await self.limiter.acquire()
-        if not waited.cancelled_caught:
-            try:
-                # Once started, the call runs to its end (a client that hangs up cannot cut a commit short).
-                return await anyio.to_thread.run_sync(_call, fn, abandon_on_cancel=False)
-            finally:
-                self.limiter.release()
-        raise Unavailable(f"the server is at its limit of database connections ({self.limiter.total_tokens}) "
-                          f"and none was free within {self.wait_seconds:g} s; retry after the time in the "
-                          "Retry-After header")
+        if waited.cancelled_caught:
+            raise Unavailable(f"the server is at its limit of database connections ({self.limiter.total_tokens})"
+                              f" and none was free within {self.wait_seconds:g} s; retry after the time in the "
+                              "Retry-After header")
+        try:
+            # Once started, the call runs to its end (a client that hangs up cannot cut a commit short).
+            return await anyio.to_thread.run_sync(_in_session, sessions, fn, retry, abandon_on_cancel=False)
+        finally:
+            self.limiter.release()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
 
 
-def _call(fn: Callable[[Session], T]) -> T:
-    with new_session() as session:
+def _in_session(sessions: sessionmaker[Session], fn: Callable[[Session], T], retry: bool) -> T:
+    try:
+        with sessions() as session:
+            return fn(session)
+    except DBAPIError as e:
+        if not (retry and e.connection_invalidated):
+            raise
+    with sessions() as session:
         return fn(session)

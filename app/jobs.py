@@ -70,10 +70,14 @@ def create_job(*, session: Session, owner: str, spec: JobSpec, settings: Setting
     return job
 
 
+def job_not_found(job_id: str) -> NotFound:
+    return NotFound(f"no job {job_id!r}")
+
+
 def get_job(*, session: Session, owner: str, job_id: str) -> Job:
     job = session.scalar(select(Job).where(Job.id == job_id, Job.owner == owner))
     if job is None:
-        raise NotFound(f"no job {job_id!r}")
+        raise job_not_found(job_id)
     return job
 
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
+import redis.asyncio
 from redis.exceptions import ResponseError
 
 
@@ -65,6 +66,12 @@ class LossStream:
 
     def last_step(self, job_id: str) -> int | None:
         entries: Any = self.client.xrevrange(stream_key(job_id), count=1)
+        return _step(entries[0][0]) if entries else None
+
+    @staticmethod
+    async def last_step_async(client: redis.asyncio.Redis, job_id: str) -> int | None:
+        """last_step on an asyncio client (the API's hot read, app.job_reads)."""
+        entries: Any = await client.xrevrange(stream_key(job_id), count=1)
         return _step(entries[0][0]) if entries else None
 
     def delete(self, job_id: str) -> None:

@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
+import redis.asyncio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -15,7 +16,8 @@ from app import errors
 from app.batching import Batcher
 from app.body_limit import BodyLimit
 from app.config import get_settings
-from app.db import Database, get_engine, pool_capacity
+from app.db import Database
+from app.job_reads import JobReads
 from app.predictor import Predictor
 from app.queue import close_client
 from app.routes import catalog, datasets, health, inference, jobs, predict
@@ -81,7 +83,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     timeout = settings.redis_timeout_seconds
     app.state.redis = redis.Redis.from_url(
         settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
-    app.state.db = db = Database(capacity=pool_capacity(settings), wait_seconds=settings.db_pool_timeout_seconds)
+    app.state.db = db = Database.from_settings(settings)
+    async_redis = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=timeout,
+                                               socket_connect_timeout=timeout)
+    app.state.job_reads = reads = JobReads(settings, async_redis) if JobReads.supports(settings) else None
+    if reads is not None:
+        await reads.open()
     predictor = Predictor(artifacts=settings.artifacts_path, max_pixels=settings.predict_max_pixels,
                           threads=settings.predict_threads)
     app.state.served = ServedModels(predictor=predictor, db=db, capacity=settings.predict_cache_size,
@@ -94,9 +101,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await batcher.stop()
+        if reads is not None:
+            await reads.close()
+        await async_redis.aclose()
         app.state.redis.close()
         close_client()
-        get_engine().dispose()
+        db.dispose()
 
 
 def create_app() -> FastAPI:

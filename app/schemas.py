@@ -3,6 +3,7 @@
 from datetime import datetime
 from typing import Any, Literal
 
+from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.tables import Dataset, DatasetStatus, Job, JobStatus
@@ -215,6 +216,11 @@ _ERROR_DESCRIPTIONS = {
     422: "A field breaks a rule: the message names the field and the rule",
     503: "The database, Redis or the job queue is unreachable",
 }
+
+
+def json_response(model: BaseModel, status_code: int = 200) -> Response:
+    """A model as a JSON response, serialized once (a route returning it declares response_model)."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -72,7 +72,7 @@ class ServedModels:
             spec = jobs.job_spec(job)
             return spec, jobs.job_dataset(job, spec)
 
-        spec, info = await self.db.run(lookup)
+        spec, info = await self.db.read(lookup)
         if current is not None and await run_in_threadpool(self.predictor.weights_mtime, job_id) == \
                 current.weights_mtime_ns:
             return current

@@ -62,6 +62,11 @@ def _in_pool_process(**_: Any) -> None:
     from billiard.process import current_process
 
     _process_index = getattr(current_process(), "index", None)
+    threads = get_settings().worker_torch_threads
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     # Connections opened by the parent (the reaper) must not be shared with the forked child.
     if get_engine.cache_info().currsize:
         get_engine().dispose(close=False)

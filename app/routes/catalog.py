@@ -56,7 +56,7 @@ async def get_catalog(db: DbDep, owner: OwnerDep) -> CatalogPublic:
     uploads = [
         _catalog_dataset(d.name, d.id, f"Uploaded dataset ({d.layout}), ready since {d.ready_at:%Y-%m-%d %H:%M} UTC.",
                          DatasetInfo.model_validate(d.info))
-        for d in await db.run(lambda session: datasets.ready_datasets(session=session, owner=owner))
+        for d in await db.read(lambda session: datasets.ready_datasets(session=session, owner=owner))
         if d.info is not None
     ]
     return catalog.model_copy(update={"datasets": catalog.datasets + uploads})

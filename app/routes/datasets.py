@@ -95,7 +95,7 @@ async def list_datasets(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
 ) -> DatasetsPublic:
     """List your datasets, newest first, optionally of one status."""
-    rows, next_cursor = await db.run(lambda session: datasets.list_datasets(
+    rows, next_cursor = await db.read(lambda session: datasets.list_datasets(
         session=session, owner=owner, status=status, limit=min(limit, settings.page_size_max), cursor=cursor))
     return DatasetsPublic(data=[DatasetPublic.of(d) for d in rows], next_cursor=next_cursor)
 
@@ -105,7 +105,7 @@ async def get_dataset(dataset_id: str, db: DbDep, owner: OwnerDep) -> DatasetPub
     """A dataset's status (with ingest progress), classes, per-class counts per split, image shape,
     statistics, skipped files and error."""
     return DatasetPublic.of(
-        await db.run(lambda session: datasets.get_dataset(session=session, owner=owner, dataset_id=dataset_id)))
+        await db.read(lambda session: datasets.get_dataset(session=session, owner=owner, dataset_id=dataset_id)))
 
 
 @router.delete("/{dataset_id}", status_code=http_status.HTTP_204_NO_CONTENT, responses=error_responses(404, 409))

@@ -34,7 +34,7 @@ def _ping(client: RedisDep) -> str:
 async def get_health(db: DbDep, client: RedisDep, response: Response) -> HealthPublic:
     """Check the database (SELECT 1) and Redis (PING); 503 names the one that failed."""
     try:
-        database = await db.run(select_one)
+        database = await db.read(select_one)
     except Unavailable as e:
         database = f"failed: {e.detail}"
     redis = await run_in_threadpool(_ping, client)

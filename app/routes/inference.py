@@ -37,7 +37,7 @@ async def live() -> dict[str, bool]:
 @router.get("/health/ready", responses={503: {"description": "The database is unreachable"}})
 async def ready(db: DbDep) -> JSONResponse:
     """The server can serve models (its database answers)."""
-    ok = await db.run(select_one) == "ok"
+    ok = await db.read(select_one) == "ok"
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503, headers=None if ok else {"retry-after": "1"})
 
 

@@ -12,7 +12,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from app import cursors, export, jobs, storage
-from app.deps import DbDep, OwnerDep, RedisDep, ServedDep, SettingsDep
+from app.deps import DbDep, JobReadsDep, OwnerDep, RedisDep, ServedDep, SettingsDep
 from app.errors import NotFound
 from app.export import ExportFormat
 from app.loss_stream import LossRecord
@@ -24,6 +24,7 @@ from app.schemas import (
     LossPublic,
     MetricsPublic,
     error_responses,
+    json_response,
 )
 from app.tables import JobStatus
 from spec.job import JobSpec
@@ -52,20 +53,26 @@ async def list_jobs(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
 ) -> JobsPublic:
     """List your jobs, newest first, optionally of one status."""
-    rows, next_cursor = await db.run(lambda session: jobs.list_jobs(
+    rows, next_cursor = await db.read(lambda session: jobs.list_jobs(
         session=session, owner=owner, status=status, limit=min(limit, settings.page_size_max), cursor=cursor))
     return JobsPublic(data=[JobPublic.of(j) for j in rows], next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", responses=error_responses(404))
-async def get_job(job_id: str, db: DbDep, owner: OwnerDep, client: RedisDep) -> JobPublic:
+@router.get("/{job_id}", response_model=JobPublic, responses=error_responses(404))
+async def get_job(job_id: str, db: DbDep, owner: OwnerDep, client: RedisDep, reads: JobReadsDep) -> Response:
     """A job's status, progress, timings, result and error."""
+    if reads is not None:  # PostgreSQL: on the event loop (app.job_reads)
+        job = await reads.job(owner=owner, job_id=job_id)
+        if job is None:
+            raise jobs.job_not_found(job_id)
+        return json_response(JobPublic.of(job, live_step=await reads.live_step(job)))
 
     def read(session: Session) -> JobPublic:
         job = jobs.get_job(session=session, owner=owner, job_id=job_id)
         return JobPublic.of(job, live_step=jobs.live_steps(client=client, job=job))
 
-    return await db.run(read)
+    # The hot path of every dashboard: serialized once, without FastAPI validating the model a second time.
+    return json_response(await db.read(read))
 
 
 @router.get("/{job_id}/losses", responses=error_responses(400, 404))
@@ -85,7 +92,7 @@ async def get_losses(
         job = jobs.get_job(session=session, owner=owner, job_id=job_id)
         return jobs.read_losses(session=session, client=client, job_id=job.id, after=last, limit=limit)
 
-    records = await db.run(read)
+    records = await db.read(read)
     if records:
         last = records[-1].step
     return LossesPublic(
@@ -103,7 +110,7 @@ async def get_metrics(job_id: str, db: DbDep, owner: OwnerDep) -> MetricsPublic:
         rows = jobs.epoch_metrics(session=session, job_id=job.id)
         return MetricsPublic(data=[EpochMetricPublic.model_validate(r) for r in rows])
 
-    return await db.run(read)
+    return await db.read(read)
 
 
 @router.post(
@@ -156,7 +163,7 @@ async def get_weights(
         file = jobs.open_weights(job=job, which=which, artifacts=settings.artifacts_path)
         return job.id, file, os.fstat(file.fileno()).st_size
 
-    job_id, file, size = await db.run(open_file)
+    job_id, file, size = await db.read(open_file)
     return StreamingResponse(
         _chunks(file), media_type="application/octet-stream",
         headers={"content-length": str(size),
