@@ -54,9 +54,6 @@ class Batcher(Generic[W, R]):
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._task: asyncio.Task[None] | None = None
-        # Figures for tests and the bench: batches run and images in them.
-        self.batches = 0
-        self.images = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
@@ -142,8 +139,6 @@ class Batcher(Generic[W, R]):
             except Exception as e:  # a bug, not a request's fault: fail this batch, keep serving
                 log.exception("prediction batch of %d requests failed", len(batch))
                 results = [e] * len(batch)
-            self.batches += 1
-            self.images += sum(p.work.size for p in batch)
             for pending, result in zip(batch, results, strict=True):
                 if pending.future.done():
                     continue

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from app.deps import BatcherDep, OwnerDep, ServedDep, SettingsDep
-from app.errors import InvalidSpec, PayloadTooLarge
+from app.errors import PayloadTooLarge
 from app.multipart import parse_form
 from app.predictor import Upload, Work, postprocess
 from app.schemas import PredictionPublic, PredictionsPublic, error_responses
@@ -56,8 +56,6 @@ async def predict(
                 f"{len(files)} files in one request; at most {settings.predict_max_files} are accepted")
         model = await served.get(owner=owner, job_id=job_id)
     uploads = [Upload(f.filename or f"files[{i}]", f.data) for i, f in enumerate(files)]
-    if not uploads:
-        raise InvalidSpec("files: send at least one image")
     probabilities = await batcher.submit(Work(model, uploads=uploads))
     body = PredictionsPublic(
         job_id=job_id,

@@ -15,8 +15,8 @@ def encoded(data: dict[str, str], files: list[tuple[str, tuple[str, bytes, str]]
 
 def test_fields_and_files_as_httpx_sends_them():
     payloads = [b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 3, b"", b"--not-a-boundary\r\n\r\n"]
-    body, content_type = encoded({"job_id": "abc", "note": "héllo"},
-                                 [("files", (f"{i}; odd \"name\".png", p, "image/png")) for i, p in enumerate(payloads)])
+    files = [("files", (f"{i}; odd \"name\".png", p, "image/png")) for i, p in enumerate(payloads)]
+    body, content_type = encoded({"job_id": "abc", "note": "héllo"}, files)
     form = parse_form(body, content_type, max_files=8)
     assert form.fields == {"job_id": "abc", "note": "héllo"}
     assert [f.data for f in form.files] == payloads
@@ -27,7 +27,8 @@ def test_fields_and_files_as_httpx_sends_them():
 
 def test_preamble_epilogue_and_a_header_we_do_not_know():
     body = (b"preamble\r\n--XyZ\r\nContent-Disposition: form-data; name=\"job_id\"\r\nX-Other: 1\r\n\r\nj1\r\n"
-            b"--XyZ\r\ncontent-disposition: form-data; name=files; filename=a.png\r\n\r\nPNGDATA\r\n--XyZ--\r\nepilogue")
+            b"--XyZ\r\ncontent-disposition: form-data; name=files; filename=a.png\r\n\r\nPNGDATA\r\n"
+            b"--XyZ--\r\nepilogue")
     form = parse_form(body, "multipart/form-data; boundary=XyZ", max_files=4)
     assert form.fields == {"job_id": "j1"} and form.files[0].filename == "a.png" and form.files[0].data == b"PNGDATA"
 
