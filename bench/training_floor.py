@@ -17,11 +17,11 @@ import shutil
 import signal
 import statistics
 import threading
-import time
 from pathlib import Path
 
 import httpx
 
+from bench.api_load import epochs as job_epochs
 from bench.loss_latency import start_stack
 from bench.wrk import scratch
 
@@ -79,12 +79,7 @@ def engine_epochs(work: Path, root: Path, epochs: int, *, reporting: bool, tag: 
 def api_epochs(url: str, epochs: int) -> list[float]:
     """Epoch seconds of the job as the worker of a running `taas up` recorded them."""
     with httpx.Client(base_url=url, timeout=30) as client:
-        job_id = client.post("/jobs", json={**SPEC, "epochs": epochs}).raise_for_status().json()["id"]
-        while (job := client.get(f"/jobs/{job_id}").json())["status"] in ("queued", "running"):
-            time.sleep(0.5)
-        if job["status"] != "succeeded":
-            raise SystemExit(f"the API job ended {job['status']}: {job.get('error')}")
-        return [m["seconds"] for m in client.get(f"/jobs/{job_id}/metrics").json()["data"]]
+        return job_epochs(client, client.post("/jobs", json={**SPEC, "epochs": epochs}).raise_for_status().json()["id"])
 
 
 def main() -> None:
