@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     # under 64 polling clients, an epoch took 5.5x as long with 2 threads, 1.5x the idle 2-thread time with 1).
     # `taas up --workers N` sets cores / N when it is 0.
     worker_torch_threads: int = Field(default=0, ge=0, le=256)
+    # CPU priority of training and ingest processes (nice, 0-19; also their session's autogroup on Linux, where
+    # nice alone only ranks a process against its own session). Above 0, an API sharing the cores goes first
+    # and training takes what is left (bench/api_load.py, 64 clients polling while a job trains on 2 cores:
+    # nice 2 gave 4,390 req/s and 1.7x epochs, nice 0 3,400-3,700 req/s and 1.2x). With nothing else to run,
+    # training gets every cycle whatever its nice.
+    worker_nice: int = Field(default=0, ge=0, le=19)
     # How often a running job looks for a cancel request (a Redis key; the DB flag on each heartbeat).
     cancel_poll_seconds: float = Field(default=0.2, gt=0)
     # How often each worker requeues jobs whose lease expired (their worker died), and at its start.

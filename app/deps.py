@@ -12,7 +12,6 @@ from fastapi import Depends, Request
 from app.batching import Batcher
 from app.config import Settings, get_settings
 from app.db import Database
-from app.job_reads import JobReads
 from app.predictor import Work
 from app.serving import ServedModels
 
@@ -29,11 +28,6 @@ async def get_owner(settings: Annotated[Settings, Depends(settings_dep)]) -> str
 async def get_db(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
-
-
-async def get_job_reads(request: Request) -> JobReads | None:
-    reads: JobReads | None = request.app.state.job_reads
-    return reads
 
 
 async def get_redis(request: Request) -> redis.Redis:
@@ -55,8 +49,6 @@ async def get_batcher(request: Request) -> PredictBatcher:
 
 
 DbDep = Annotated[Database, Depends(get_db)]
-# The asyncio read of GET /jobs/{id} on PostgreSQL; None with SQLite.
-JobReadsDep = Annotated[JobReads | None, Depends(get_job_reads)]
 SettingsDep = Annotated[Settings, Depends(settings_dep)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]

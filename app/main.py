@@ -1,5 +1,6 @@
 """The FastAPI application: routers, the domain-error table, and the lifespan of shared clients."""
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -97,6 +98,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         predictor.run, max_batch=settings.predict_batch_max_images,
         max_delay=settings.predict_batch_max_delay_ms / 1000, max_queue=settings.predict_queue_max_images)
     batcher.start()
+    # Everything loaded so far (torch, the app, its clients: over 400,000 objects) lives as long as the
+    # process: out of the collector's sight, a full collection no longer scans it (162 ms measured here, a
+    # pause every request in flight waits out).
+    gc.freeze()
     try:
         yield
     finally:

@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--worker-threads", type=int, default=1,
                     help="the worker's torch threads (TAAS_WORKER_TORCH_THREADS; 0: one per core)")
+    ap.add_argument("--worker-nice", type=int, default=None,
+                    help="the worker's CPU priority (TAAS_WORKER_NICE; default: the setting's default)")
     args = ap.parse_args()
 
     work = wrk.scratch()
@@ -74,6 +76,8 @@ def main() -> None:
                    TAAS_STATE_DIR=str(work / "state"), TAAS_DATA_ROOT=str(data), TAAS_QUEUE_PREFIX=prefix,
                    TAAS_WORKER_QUEUE="cpu", TAAS_WORKER_TORCH_THREADS=str(args.worker_threads),
                    PYTHONPATH=str(ROOT))
+        if args.worker_nice is not None:
+            env["TAAS_WORKER_NICE"] = str(args.worker_nice)
         subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True,
                        capture_output=True)
         port = free_port()
@@ -95,6 +99,15 @@ def main() -> None:
             # The same load with nothing training: the API's own ceiling here.
             idle = wrk.run(f"{url}/jobs/{warm}", wrk.script(method="GET", expect=f'"id":"{warm}"'),
                            connections=args.connections, duration=min(args.seconds, 10), threads=2)
+            # Every request for another job (64 of them, cancelled while queued), so no two polls in flight
+            # are for one job: what many dashboards polling many jobs do.
+            many = []
+            for _ in range(args.connections):
+                other = client.post("/jobs", json={**spec, "name": "other"}).raise_for_status().json()["id"]
+                client.post(f"/jobs/{other}/cancel").raise_for_status()
+                many.append(f"/jobs/{other}")
+            distinct = wrk.run(url, wrk.script(method="GET", expect='"name":"other"', expect_count=2, paths=many),
+                               connections=args.connections, duration=min(args.seconds, 10), threads=2)
 
             # Long enough to train through the whole load; the epochs it finished by then all ran under it.
             job_id = client.post("/jobs", json={**spec, "epochs": 1000}).raise_for_status().json()["id"]
@@ -116,6 +129,7 @@ def main() -> None:
             "worker_torch_threads": args.worker_threads or "one per core",
             "get_job_while_training": result,
             "get_job_nothing_training": idle,
+            "get_distinct_jobs_nothing_training": distinct,
             "epoch_seconds_alone": alone,
             "epoch_seconds_under_load": loaded,
             "polled_job_progress_under_load": progress,

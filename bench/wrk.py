@@ -45,8 +45,13 @@ def lua_string(data: bytes) -> str:
 
 
 def script(*, method: str, body: bytes = b"", headers: dict[str, str] | None = None, expect: str,
-           expect_count: int = 1) -> str:
+           expect_count: int = 1, paths: list[str] | None = None) -> str:
+    """With paths, each request takes the next of them in turn (each wrk thread starting at its own)."""
     lines = [f'wrk.method = "{method}"', f"wrk.body = {lua_string(body)}" if body else ""]
+    if paths:
+        lines += ["PATHS = {" + ", ".join(lua_string(p.encode()) for p in paths) + "}",
+                  "local n = math.random(#PATHS)",
+                  "function request() n = n % #PATHS + 1; return wrk.format(nil, PATHS[n]) end"]
     lines += [f'wrk.headers[{lua_string(k.encode())}] = {lua_string(v.encode())}' for k, v in (headers or {}).items()]
     lines += [f"EXPECT = {lua_string(expect.encode())}", f"EXPECT_COUNT = {expect_count}", _CHECK]
     return "\n".join(lines)

@@ -8,6 +8,7 @@ died (their lease expired).
 """
 
 import logging
+import os
 import shutil
 from typing import Any
 
@@ -62,6 +63,7 @@ def _in_pool_process(**_: Any) -> None:
     from billiard.process import current_process
 
     _process_index = getattr(current_process(), "index", None)
+    lower_priority(get_settings().worker_nice)
     threads = get_settings().worker_torch_threads
     if threads:
         import torch
@@ -70,6 +72,23 @@ def _in_pool_process(**_: Any) -> None:
     # Connections opened by the parent (the reaper) must not be shared with the forked child.
     if get_engine.cache_info().currsize:
         get_engine().dispose(close=False)
+
+
+def lower_priority(nice: int) -> None:
+    """Run this process (the threads it starts from now on) at `nice`, and its session's autogroup too."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
+    except OSError as e:
+        log.warning("could not lower the worker's CPU priority to nice %d: %s", nice, e)
+    # With autogroup scheduling (most Linux desktops and servers), CPU time is shared between sessions first,
+    # so the session's own nice is the one that ranks training against the API.
+    try:
+        with open("/proc/self/autogroup", "w") as group:
+            group.write(str(nice))
+    except OSError:
+        pass
 
 
 def requeue_expired() -> Reaped:

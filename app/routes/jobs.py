@@ -4,7 +4,8 @@ import os
 from collections.abc import Iterator
 from typing import Annotated, BinaryIO, Literal
 
-from fastapi import APIRouter, Query, Response
+import redis
+from fastapi import APIRouter, Query, Request, Response
 from fastapi import status as http_status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
@@ -12,9 +13,11 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from app import cursors, export, jobs, storage
-from app.deps import DbDep, JobReadsDep, OwnerDep, RedisDep, ServedDep, SettingsDep
+from app.db import Database
+from app.deps import DbDep, OwnerDep, RedisDep, ServedDep, SettingsDep
 from app.errors import NotFound
 from app.export import ExportFormat
+from app.job_reads import JobReads
 from app.loss_stream import LossRecord
 from app.schemas import (
     EpochMetricPublic,
@@ -59,13 +62,18 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=error_responses(404))
-async def get_job(job_id: str, db: DbDep, owner: OwnerDep, client: RedisDep, reads: JobReadsDep) -> Response:
+async def get_job(job_id: str, request: Request, owner: OwnerDep) -> Response:
     """A job's status, progress, timings, result and error."""
+    # The route every dashboard polls: its clients come from app.state rather than from dependencies
+    # (each one a coroutine FastAPI resolves per request).
+    reads: JobReads | None = request.app.state.job_reads
     if reads is not None:  # PostgreSQL: on the event loop (app.job_reads)
         job = await reads.job(owner=owner, job_id=job_id)
         if job is None:
             raise jobs.job_not_found(job_id)
         return json_response(JobPublic.of(job, live_step=await reads.live_step(job)))
+    db: Database = request.app.state.db
+    client: redis.Redis = request.app.state.redis
 
     def read(session: Session) -> JobPublic:
         job = jobs.get_job(session=session, owner=owner, job_id=job_id)
