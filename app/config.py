@@ -30,8 +30,37 @@ class Settings(BaseSettings):
     data_memory_budget_mb: int = Field(default=4096, ge=0)
     data_num_workers: int = Field(default=0, ge=0, le=64)
 
-    # Stored in jobs.owner, a String(64).
+    # Authentication (app.auth): every route but /health and /v2/health/* takes `Authorization: Bearer <key>`,
+    # and each key belongs to an owner. false serves every request as `owner`, with admin rights; the server
+    # then refuses to listen on anything but a loopback address (app.server).
+    auth: bool = True
+    # The owner of every request when auth is off, and of the admin key `taas up` creates. Stored in
+    # jobs.owner, a String(64).
     owner: str = Field(default="local", min_length=1, max_length=64)
+    # Host header values the API answers (comma-separated; "*": any). `taas up` on a loopback address sets
+    # the loopback names, so a web page whose DNS name was rebound to 127.0.0.1 gets 400, not the API.
+    allowed_hosts: str = "*"
+    # Origins a browser may call the API from (comma-separated); empty: no CORS headers at all.
+    cors_origins: str = ""
+    # Serve /docs, /redoc and /openapi.json.
+    docs: bool = True
+
+    # Limits, per owner or per key, each overridable per key (POST /keys "limits", taas keys create): over
+    # one, 429 with Retry-After (queue, storage, rate) or 422 (a job too big), the message naming the limit.
+    # Queued + running jobs of an owner.
+    limit_active_jobs: int = Field(default=100, ge=0)
+    # Bytes of an owner's datasets (archives being ingested, decoded stores).
+    limit_dataset_bytes: int = Field(default=20 << 30, ge=0)
+    # Requests per key on POST /jobs and POST /datasets, and on /predict and /v2/models/{id}/infer
+    # (limits' notation: "60/minute", "10/second"; "unlimited").
+    limit_submit_rate: str = "60/minute"
+    limit_predict_rate: str = "100/second"
+    # A job's network (parameters), training memory (weights, gradients, optimizer state and one batch's
+    # activations, estimated by spec.budget), epochs and attempts.
+    limit_job_params: int = Field(default=200_000_000, ge=0)
+    limit_job_memory_bytes: int = Field(default=16 << 30, ge=0)
+    limit_job_epochs: int = Field(default=500, ge=1)
+    limit_job_attempts: int = Field(default=5, ge=1)
 
     # Worker: a lease the worker renews every heartbeat_seconds; an expired lease lets another claim.
     lease_seconds: int = Field(default=60, ge=5)
@@ -101,7 +130,7 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=1000)
     db_max_overflow: int = Field(default=10, ge=0, le=1000)
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
-    # Connections of each API process's asyncio pool for GET /jobs/{id} on PostgreSQL (app.job_reads): one
+    # Connections of each API process's asyncio pool for GET /jobs/{id} on PostgreSQL (app.fast_reads): one
     # query takes about 0.1 ms, so a few serve thousands of requests a second.
     db_read_pool_size: int = Field(default=4, ge=1, le=100)
 
@@ -121,6 +150,14 @@ class Settings(BaseSettings):
     dataset_max_image_pixels: int = Field(default=4096 * 4096, ge=1)
     # The decoded store, N x C x H x W bytes: past this, resize with image_size.
     dataset_max_store_bytes: int = Field(default=8 << 30, ge=1024)
+
+    @model_validator(mode="after")
+    def _rates_parse(self) -> "Settings":
+        from app.limits import parse_rate
+
+        parse_rate(self.limit_submit_rate)
+        parse_rate(self.limit_predict_rate)
+        return self
 
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> "Settings":

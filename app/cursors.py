@@ -42,15 +42,17 @@ def _decode(kind: str, cursor: str, arity: int) -> list[Any]:
     return data[1:]
 
 
-def encode_created(kind: str, created_at: datetime, object_id: str) -> str:
-    """A cursor into a newest-first listing of `kind` (jobs, datasets): the last row's (created_at, id)."""
+def encode_created(kind: str, created_at: datetime, object_id: str | int) -> str:
+    """A cursor into a newest-first listing of `kind` (jobs, datasets, keys, audit): the last row's
+    (created_at, id)."""
     return encode(kind, created_at.isoformat(), object_id)
 
 
-def decode_created(kind: str, cursor: str) -> tuple[datetime, str]:
+def decode_created(kind: str, cursor: str, id_type: type[str] | type[int] = str) -> tuple[datetime, str | int]:
     created, object_id = _decode(kind, cursor, 2)
     damaged = BadCursor(f"cursor {cursor!r} is damaged: leave it out to start from the newest one")
-    if not isinstance(created, str) or not isinstance(object_id, str):
+    if not isinstance(created, str) or isinstance(object_id, bool) or not isinstance(object_id, id_type) \
+            or (isinstance(object_id, int) and not 0 <= object_id < 2**63):
         raise damaged
     try:
         at = datetime.fromisoformat(created)

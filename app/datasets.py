@@ -16,8 +16,10 @@ from app import storage
 from app.config import Settings
 from app.db import rowcount
 from app.errors import Conflict, InvalidSpec, NotFound, Unavailable
+from app.limits import EffectiveLimits
 from app.paging import newest_first
 from app.queue import enqueue_ingest
+from app.quotas import check_dataset_bytes, lock_owner
 from app.tables import Dataset, DatasetStatus, Job, JobStatus
 from spec.datasets import DatasetInfo, IngestOptions
 
@@ -27,10 +29,14 @@ ACTIVE_JOBS = (JobStatus.queued, JobStatus.running)
 
 
 def create_dataset(*, session: Session, owner: str, dataset_id: str, name: str, options: IngestOptions,
-                   archive_bytes: int, settings: Settings) -> Dataset:
+                   archive_bytes: int, settings: Settings, limits: EffectiveLimits | None = None) -> Dataset:
     """Record an uploaded archive (already in its folder) as `processing` and enqueue its ingest.
 
-    If the queue is down, the row and the folder go again: a refused upload leaves nothing behind."""
+    If the queue is down, the row and the folder go again: a refused upload leaves nothing behind. Checked
+    again against the owner's storage quota here, under the owner's lock (uploads streamed side by side)."""
+    lock_owner(session, owner)
+    check_dataset_bytes(session=session, owner=owner, limits=limits or EffectiveLimits.of(settings),
+                        adding=archive_bytes)
     dataset = Dataset(id=dataset_id, owner=owner, name=name, status=DatasetStatus.processing,
                       options=options.model_dump(mode="json"), archive_bytes=archive_bytes)
     session.add(dataset)

@@ -3,26 +3,80 @@
 All of them are async: FastAPI runs a sync dependency on the threadpool, a thread hop per request for
 what is only an attribute read."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import redis
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.auth import KEY_PREFIX, Principal, key_hash
 from app.batching import Batcher
 from app.config import Settings, get_settings
 from app.db import Database
+from app.errors import Forbidden, Unauthorized
+from app.fast_reads import FastReads
+from app.keys import find_key, principal_of
 from app.predictor import Work
+from app.rate_limits import RateKind, RateLimits
 from app.serving import ServedModels
+
+# Declares the scheme in the OpenAPI document (the docs' Authorize button); the key is checked below.
+_bearer = HTTPBearer(auto_error=False, description="An API key: taas keys create, POST /keys, or the one "
+                                                   "./taas.sh run prints.")
 
 
 async def settings_dep() -> Settings:
     return get_settings()
 
 
-async def get_owner(settings: Annotated[Settings, Depends(settings_dep)]) -> str:
-    # One local owner until authentication arrives; every query is already scoped by it.
-    return settings.owner
+async def get_principal(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """Who the request is, from its API key; 401 without a valid one. With auth off: the local owner."""
+    settings = get_settings()
+    if not settings.auth:
+        principal: Principal | None = request.app.state.local_principal
+    else:
+        key = credentials.credentials.strip() if credentials is not None else ""
+        if not key.startswith(KEY_PREFIX) or len(key) > 128 or not key.isascii():
+            raise Unauthorized("this route needs an API key: send the header 'Authorization: Bearer <key>' (keys "
+                               "come from `taas keys create`, POST /keys, or the one ./taas.sh run prints)")
+        fast: FastReads | None = request.app.state.fast_reads
+        if fast is not None:  # PostgreSQL: on the event loop, batched with concurrent requests' lookups
+            principal = principal_of(await fast.key(key_hash(key)), settings)
+        else:
+            db: Database = request.app.state.db
+            principal = await db.read(lambda session: principal_of(find_key(session=session, key=key), settings))
+        if principal is None:
+            raise Unauthorized("this API key is unknown or was revoked")
+    assert principal is not None
+    request.state.principal = principal  # for the audit log (app.audit)
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_owner(principal: PrincipalDep) -> str:
+    # Every query is scoped by it: another owner's objects are not found.
+    return principal.owner
+
+
+async def get_admin(principal: PrincipalDep) -> Principal:
+    if not principal.admin:
+        raise Forbidden("this route is for admin keys only (taas keys create --owner NAME --admin)")
+    return principal
+
+
+def rate_limited(kind: RateKind) -> Any:
+    """A route dependency counting the request against the key's rate of `kind` (429 when over it)."""
+
+    async def count(request: Request, principal: PrincipalDep) -> None:
+        limits: RateLimits = request.app.state.rate_limits
+        await limits.hit(principal, kind)
+
+    return Depends(count)
 
 
 async def get_db(request: Request) -> Database:
@@ -51,6 +105,7 @@ async def get_batcher(request: Request) -> PredictBatcher:
 DbDep = Annotated[Database, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(settings_dep)]
 OwnerDep = Annotated[str, Depends(get_owner)]
+AdminDep = Annotated[Principal, Depends(get_admin)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
 ServedDep = Annotated[ServedModels, Depends(get_served)]
 BatcherDep = Annotated[PredictBatcher, Depends(get_batcher)]

@@ -43,3 +43,19 @@ class BadImage(DomainError):
 
 class Unavailable(DomainError):
     """A backing service (database, Redis, the job queue) cannot be reached right now."""
+
+
+class Unauthorized(DomainError):
+    """No API key, or one that is unknown or revoked (401, with WWW-Authenticate)."""
+
+
+class Forbidden(DomainError):
+    """A valid key without the right to this route (admin routes)."""
+
+
+class TooManyRequests(DomainError):
+    """Over a quota or a rate limit: 429 with Retry-After."""
+
+    def __init__(self, detail: str, *, retry_after: int):
+        super().__init__(detail)
+        self.retry_after = max(1, retry_after)

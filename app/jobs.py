@@ -16,9 +16,11 @@ from app.config import Settings
 from app.datasets import confirm_dataset_for_job, dataset_for_job
 from app.db import rowcount
 from app.errors import Conflict, InvalidSpec, NotFound, Unavailable
+from app.limits import EffectiveLimits
 from app.loss_stream import LossRecord, LossStream, cancel_key
 from app.paging import newest_first
 from app.queue import enqueue_training, queue_for_device
+from app.quotas import check_active_jobs, check_job_size, lock_owner
 from app.tables import TERMINAL, EpochMetric, Job, JobStatus, LossPoint, utcnow
 from spec.architectures import misfit
 from spec.datasets import BUILTIN_DATASETS, DatasetInfo
@@ -30,8 +32,12 @@ log = logging.getLogger(__name__)
 CANCEL_FLAG_SECONDS = 7 * 24 * 3600
 
 
-def create_job(*, session: Session, owner: str, spec: JobSpec, settings: Settings) -> Job:
-    """Insert the job (queued), commit, then enqueue it; if the queue is down the row is deleted again."""
+def create_job(*, session: Session, owner: str, spec: JobSpec, settings: Settings,
+               limits: EffectiveLimits | None = None) -> Job:
+    """Insert the job (queued), commit, then enqueue it; if the queue is down the row is deleted again.
+
+    Refused when the job is bigger than `limits` allow (422) or the owner's queue is full (429)."""
+    limits = limits or EffectiveLimits.of(settings)
     dataset_id = spec.uploaded_dataset
     if isinstance(spec.dataset, BuiltinDatasetSpec):
         info = BUILTIN_DATASETS[spec.dataset.name].info
@@ -41,6 +47,9 @@ def create_job(*, session: Session, owner: str, spec: JobSpec, settings: Setting
         if (reason := misfit(spec.model.arch, shape.height, shape.width)) is not None:
             raise InvalidSpec(f"model.arch: {reason} (dataset {dataset_id}); pick another arch, or upload the "
                               "dataset again with a larger image_size")
+    check_job_size(spec=spec, info=info, limits=limits)
+    lock_owner(session, owner)
+    check_active_jobs(session=session, owner=owner, limits=limits)
     job = Job(
         owner=owner, name=spec.name, status=JobStatus.queued, spec=spec.model_dump(mode="json"),
         queue=queue_for_device(spec.device, settings), max_attempts=spec.max_attempts,

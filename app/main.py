@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 import redis
 import redis.asyncio
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -14,14 +15,20 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app import errors
+from app.audit import AuditLog
+from app.auth import REALM, Principal
 from app.batching import Batcher
 from app.body_limit import BodyLimit
 from app.config import get_settings
 from app.db import Database
-from app.job_reads import JobReads
+from app.fast_reads import FastReads
+from app.limits import EffectiveLimits
 from app.predictor import Predictor
 from app.queue import close_client
-from app.routes import catalog, datasets, health, inference, jobs, predict
+from app.rate_limits import RateLimits
+from app.request_errors import add_request_error_handlers
+from app.routes import audit, catalog, datasets, health, inference, jobs, keys, predict
+from app.security import RequestGuard, SecurityHeaders
 from app.serving import ServedModels
 
 # The one place where domain errors become HTTP statuses.
@@ -29,11 +36,14 @@ ERROR_STATUS: dict[type[errors.DomainError], int] = {
     errors.BadCursor: 400,
     errors.BadImage: 400,
     errors.MalformedRequest: 400,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMedia: 415,
     errors.InvalidSpec: 422,
+    errors.TooManyRequests: 429,
     errors.Unavailable: 503,
 }
 
@@ -42,16 +52,24 @@ ERROR_STATUS: dict[type[errors.DomainError], int] = {
 RETRY_AFTER_SECONDS = 1
 
 
-def error_response(request: Request, detail: str, status_code: int) -> JSONResponse:
+def error_response(request: Request, detail: str, status_code: int,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
     """{"detail": ...}, or {"error": ...} on the Open Inference Protocol's routes (/v2), as its clients read."""
-    headers = {"retry-after": str(RETRY_AFTER_SECONDS)} if status_code == 503 else None
+    headers = dict(headers or {})
+    if status_code == 503:
+        headers.setdefault("retry-after", str(RETRY_AFTER_SECONDS))
     key = "error" if request.url.path.startswith("/v2/") else "detail"
     return JSONResponse({key: detail}, status_code=status_code, headers=headers)
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.DomainError)
-    return error_response(request, exc.detail, ERROR_STATUS[type(exc)])
+    headers = {}
+    if isinstance(exc, errors.Unauthorized):
+        headers["www-authenticate"] = REALM
+    elif isinstance(exc, errors.TooManyRequests):
+        headers["retry-after"] = str(exc.retry_after)
+    return error_response(request, exc.detail, ERROR_STATUS[type(exc)], headers)
 
 
 async def _database_down(request: Request, exc: Exception) -> JSONResponse:
@@ -87,9 +105,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.db = db = Database.from_settings(settings)
     async_redis = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=timeout,
                                                socket_connect_timeout=timeout)
-    app.state.job_reads = reads = JobReads(settings, async_redis) if JobReads.supports(settings) else None
+    app.state.fast_reads = reads = FastReads(settings, async_redis) if FastReads.supports(settings) else None
     if reads is not None:
         await reads.open()
+    app.state.local_principal = Principal(key_id=None, owner=settings.owner, admin=True,
+                                          limits=EffectiveLimits.of(settings))
+    app.state.rate_limits = RateLimits(settings)
     predictor = Predictor(artifacts=settings.artifacts_path, max_pixels=settings.predict_max_pixels,
                           threads=settings.predict_threads)
     app.state.served = ServedModels(predictor=predictor, db=db, capacity=settings.predict_cache_size,
@@ -106,6 +127,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await batcher.stop()
+        app.state.db = None  # the audit log stops recording
         if reads is not None:
             await reads.close()
         await async_redis.aclose()
@@ -115,20 +137,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
+    settings = get_settings()
+    docs = settings.docs
     app = FastAPI(
         title="taas",
         summary="PyTorch training as a service: submit a job, watch its loss live, predict with the result.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
+    app.state.db = None
+    # Outermost last: the guard and the headers see every answer, the audit log every state change.
     app.add_middleware(BodyLimit, max_bytes=body_limit)
+    app.add_middleware(AuditLog, database=lambda: app.state.db)
+    origins = [o for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
+                           allow_headers=["authorization", "content-type", "last-event-id"],
+                           expose_headers=["retry-after", "content-disposition"], max_age=600)
+    app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts.split(","), cors_origins=origins)
+    app.add_middleware(SecurityHeaders)
     for error in ERROR_STATUS:
         app.add_exception_handler(error, _domain_error)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(PoolTimeout, _database_busy)
     app.add_exception_handler(RedisConnectionError, _redis_down)
     app.add_exception_handler(RedisTimeoutError, _redis_down)
-    for module in (jobs, datasets, predict, inference, catalog, health):
+    add_request_error_handlers(app)
+    for module in (jobs, datasets, predict, inference, catalog, keys, audit, health):
         app.include_router(module.router)
     return app
 

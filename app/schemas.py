@@ -1,12 +1,13 @@
 """What the API answers (response models). The body of POST /jobs is app.spec.JobSpec, not redefined."""
 
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.tables import Dataset, DatasetStatus, JobStatus
+from app.limits import EffectiveLimits, Limits
+from app.tables import ApiKey, Dataset, DatasetStatus, JobStatus
 
 
 class Progress(BaseModel):
@@ -16,7 +17,7 @@ class Progress(BaseModel):
 
 
 class JobRow(Protocol):
-    """What JobPublic is made from: an ORM Job, or the row app.job_reads reads without the ORM."""
+    """What JobPublic is made from: an ORM Job, or the row app.fast_reads reads without the ORM."""
 
     id: str
     name: str | None
@@ -35,6 +36,14 @@ class JobRow(Protocol):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+def public_result(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A job's summary without server paths (jobs finished by older workers stored their weights' paths;
+    GET /jobs/{id}/weights serves the files)."""
+    if result is None or "weights" not in result:
+        return result
+    return {k: v for k, v in result.items() if k != "weights"}
 
 
 class JobPublic(BaseModel):
@@ -66,7 +75,7 @@ class JobPublic(BaseModel):
             device=job.device,
             progress=Progress.model_construct(epoch=job.epoch, step=step, total_steps=job.total_steps),
             attempt=job.attempt, max_attempts=job.max_attempts, cancel_requested=job.cancel_requested,
-            error=job.error, result=job.result, created_at=job.created_at, started_at=job.started_at,
+            error=job.error, result=public_result(job.result), created_at=job.created_at, started_at=job.started_at,
             finished_at=job.finished_at,
         )
 
@@ -233,13 +242,76 @@ class DatasetsPublic(BaseModel):
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
 
 
+Owner = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$",
+                             description="Letters, digits and . _ @ - (an account, team or e-mail name).")]
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    owner: Owner
+    admin: bool = False
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")] | None = None
+    limits: Limits = Field(default_factory=Limits, description="Overrides of the server's limits for this key.")
+
+
+class KeyPublic(BaseModel):
+    id: str
+    owner: str
+    admin: bool
+    name: str | None
+    prefix: str = Field(description="The key's first characters, to tell keys apart.")
+    limits: Limits = Field(description="This key's overrides (absent ones: the server's settings).")
+    effective_limits: EffectiveLimits
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, row: ApiKey, effective: EffectiveLimits) -> "KeyPublic":
+        return cls(id=row.id, owner=row.owner, admin=row.admin, name=row.name, prefix=row.prefix,
+                   limits=Limits.model_validate(row.limits or {}), effective_limits=effective,
+                   created_at=row.created_at, revoked_at=row.revoked_at)
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(description="The key itself: shown only in this answer, stored only as a hash.")
+
+
+class KeysPublic(BaseModel):
+    data: list[KeyPublic]
+    next_cursor: str | None
+
+
+class AuditEventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    key_id: str | None
+    owner: str | None
+    method: str
+    route: str
+    object_id: str | None
+    status_code: int
+    outcome: Literal["succeeded", "denied", "limited", "refused", "failed"]
+    client: str | None
+
+
+class AuditPublic(BaseModel):
+    data: list[AuditEventPublic]
+    next_cursor: str | None
+
+
 _ERROR_DESCRIPTIONS = {
     400: "Bad request (e.g. a cursor this API did not hand out, a broken image)",
+    401: "No API key, or an unknown or revoked one (Authorization: Bearer <key>)",
+    403: "The key is not an admin key",
     404: "No such job or dataset for this owner",
     409: "The job's or dataset's status does not allow this",
     413: "Too many bytes, files or pixels",
     415: "An upload that is not an image (predict) or not an archive (datasets)",
-    422: "A field breaks a rule: the message names the field and the rule",
+    422: "A field breaks a rule (or a limit): the message names the field and the rule",
+    429: "Over a quota or a rate limit (named in the message); retry after Retry-After seconds",
     503: "The database, Redis or the job queue is unreachable",
 }
 

@@ -16,6 +16,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.config import get_settings
+from app.security import is_loopback
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -52,9 +53,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="API processes (default: the api_processes setting, else one per CPU core)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
-    processes = args.processes or get_settings().api_processes or default_processes()
+    settings = get_settings()
+    processes = args.processes or settings.api_processes or default_processes()
     if processes < 1:
         parser.error("--processes must be at least 1")
+    if not settings.auth and not is_loopback(args.host):
+        parser.error(f"auth is off (TAAS_AUTH=false): the API listens only on a loopback address, not {args.host!r}"
+                     " (turn auth on, or --host 127.0.0.1)")
     serve(host=args.host, port=args.port, processes=processes, log_level=args.log_level)
     return 0
 

@@ -189,3 +189,45 @@ class Dataset(Base):
         Index("ix_datasets_owner_created", "owner", "created_at", "id"),
         Index("ix_datasets_status_lease", "status", "lease_expires_at"),
     )
+
+
+class ApiKey(Base):
+    """A key for `Authorization: Bearer`: only its SHA-256 is stored (the key is shown once, at creation)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    admin: Mapped[bool] = mapped_column(default=False)
+    name: Mapped[str | None] = mapped_column(String(200))
+    # Hex SHA-256 of the whole key: keys are 32 random bytes, so a fast hash is enough (nothing to brute-force).
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The key's first characters, so a person can tell their keys apart in a listing.
+    prefix: Mapped[str] = mapped_column(String(16))
+    # Per-key overrides of the limits in settings (app.limits.Limits as JSON; absent fields: the settings').
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AuditEvent(Base):
+    """One state-changing request: who (key, owner), what (method, route), which object, how it ended."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    owner: Mapped[str | None] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(8))
+    # The route's template (/jobs/{job_id}/cancel), or the path when no route matched.
+    route: Mapped[str] = mapped_column(String(200))
+    object_id: Mapped[str | None] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))
+    client: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_audit_events_owner_at", "owner", "at"),
+    )

@@ -34,8 +34,10 @@ class ReceivedForm:
 class _Receiver:
     """python-multipart callbacks: file bytes to `pending` (written by the caller), fields into `form`."""
 
-    def __init__(self, file_field: str, allowed: frozenset[str], check_head: Callable[[str, bytes], None]):
+    def __init__(self, file_field: str, allowed: frozenset[str], check_head: Callable[[str, bytes], None],
+                 check_size: Callable[[int], None]):
         self.file_field, self.allowed, self.check_head = file_field, allowed, check_head
+        self.check_size = check_size
         self._head_checked = False
         self.form = ReceivedForm()
         self.pending: list[bytes] = []
@@ -94,6 +96,7 @@ class _Receiver:
                 if len(self.form.head) == HEAD_BYTES:
                     self._check_head()
             self.form.size += len(chunk)
+            self.check_size(self.form.size)
             self.pending.append(chunk)
             self.pending_bytes += len(chunk)
         else:
@@ -125,10 +128,16 @@ class _Receiver:
                 raise InvalidSpec(f"{self._name}: not UTF-8 text") from None
 
 
+def _any_size(size: int) -> None:
+    pass
+
+
 async def receive_form(request: Request, *, dest: Path, file_field: str, fields: frozenset[str],
-                       check_head: Callable[[str, bytes], None]) -> ReceivedForm:
+                       check_head: Callable[[str, bytes], None],
+                       check_size: Callable[[int], None] = _any_size) -> ReceivedForm:
     """Stream the request's multipart body: the `file_field` part into `dest`, the `fields` into memory.
-    `check_head(filename, first bytes)` may refuse the file (by raising) once its first 512 bytes are in.
+    `check_head(filename, first bytes)` may refuse the file (by raising) once its first 512 bytes are in;
+    `check_size(bytes so far)` as it grows (a quota stops the stream as soon as it is passed).
 
     On any error the partial file is removed before the error propagates."""
     content_type, params = parse_options_header(request.headers.get("content-type"))
@@ -137,7 +146,7 @@ async def receive_form(request: Request, *, dest: Path, file_field: str, fields:
     boundary = params.get(b"boundary")
     if not boundary:
         raise MalformedRequest("multipart/form-data without a boundary")
-    receiver = _Receiver(file_field, fields, check_head)
+    receiver = _Receiver(file_field, fields, check_head, check_size)
     parser = MultipartParser(boundary, {  # type: ignore[arg-type]
         name: getattr(receiver, name) for name in (
             "on_part_begin", "on_part_data", "on_part_end", "on_header_field", "on_header_value",

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, text
 
-from app.cli import free_port
+from app.local import free_port
 from bench import wrk
 from bench.serving import start, stop, unpacked
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from app.cli import free_port
+from app.local import free_port
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

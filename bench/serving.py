@@ -29,9 +29,9 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.transforms import ToTensor
 
-from app.cli import free_port
 from app.config import Settings
 from app.db import make_engine
+from app.local import free_port
 from app.migrate import upgrade_head
 from app.tables import Job, JobStatus, utcnow
 from bench import wrk

@@ -15,7 +15,7 @@ from typing import TypeVar
 import httpx
 import redis
 
-from app.cli import free_port
+from app.local import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -97,6 +97,15 @@ def start_api(env: Mapping[str, str], log_dir: Path, port: int) -> Service:
                  env, log_dir)
 
 
+def create_key(env: Mapping[str, str], owner: str, *, admin: bool = False) -> str:
+    """A new API key of `owner`, made with `taas keys create` in the database `env` configures (as an
+    administrator of a compose deployment makes the first one)."""
+    args = [sys.executable, "-m", "app.cli", "keys", "create", "--owner", owner] + (["--admin"] if admin else [])
+    done = subprocess.run(args, cwd=ROOT, env=dict(env), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def wait_healthy(base_url: str, service: Service, timeout: float = 90) -> None:
     def healthy() -> bool:
         assert service.alive(), f"{service.name} exited:\n{service.log()[-3000:]}"
@@ -119,11 +128,12 @@ def compose_topology(tmp_path: Path, *, database_url: str, redis_url: str, data_
         "database_url": database_url, "redis_url": redis_url, "state_dir": str(tmp_path / "state"),
         "artifacts_dir": str(tmp_path / "artifacts"), "datasets_dir": str(tmp_path / "datasets"),
         "data_root": str(data_root), "owner": f"test-{tag}", "queue_prefix": prefix, "worker_queue": "gpu,cpu",
-        "default_queue": "gpu", **settings,
+        "default_queue": "gpu", "limit_submit_rate": "unlimited", "limit_predict_rate": "unlimited", **settings,
     })
     migrate = subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=120)
     assert migrate.returncode == 0, migrate.stderr
+    key = create_key(env, f"test-{tag}", admin=True)
     port = free_port()
     logs = tmp_path / "logs"
     services = [start_api(env, logs, port)]
@@ -134,7 +144,7 @@ def compose_topology(tmp_path: Path, *, database_url: str, redis_url: str, data_
         wait_healthy(base_url, services[0])
         for worker in services[1:]:
             wait_for(lambda w=worker: " ready." in w.log(), timeout=90, what=f"{worker.name} to be ready")
-        with httpx.Client(base_url=base_url, timeout=60) as client:
+        with httpx.Client(base_url=base_url, timeout=60, headers={"Authorization": f"Bearer {key}"}) as client:
             yield client, services
     finally:
         for service in services:

@@ -3,7 +3,9 @@ embedded `taas up` with nothing but SQLite and its own Redis. Everything over HT
 
 import io
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ import pytest
 import redis
 from PIL import Image
 
-from app.cli import free_port
+from app.local import free_port
 from app.loss_stream import stream_key
 from app.storage import STORE
 from tests.archives import bars, class_folders, zip_of
@@ -153,7 +155,19 @@ def test_taas_up_runs_everything_from_one_folder(tmp_path: Path, tiny_data_root:
         redis_log = (state_dir / "logs" / "redis.log").read_text()
         assert "Ready to accept connections" in redis_log
 
-        with httpx.Client(base_url=url, timeout=30) as client:
+        # The admin key, printed as Jupyter prints its token, and kept for this user only.
+        key_file = state_dir / "api-key"
+        printed = wait_for(lambda: re.search(r"^\s+(taas_\S+)$", out_path.read_text(), re.M), timeout=30,
+                           what="taas up to print its key").group(1)
+        assert key_file.read_text().strip() == printed
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert httpx.get(f"{url}/jobs", timeout=30).status_code == 401
+        # Local mode answers only for this machine's names: a page whose DNS name was rebound to 127.0.0.1
+        # cannot use it.
+        rebound = httpx.get(f"{url}/health", headers={"Host": f"attacker.example:{port}"}, timeout=30)
+        assert rebound.status_code == 400 and "host" in rebound.json()["detail"]
+
+        with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {printed}"}) as client:
             assert client.get("/health").json() == {"status": "ok", "db": "ok", "redis": "ok"}
             job_id = submit(client, TINY)
             assert wait_done(client, job_id, 120)["status"] == "succeeded"

@@ -14,12 +14,13 @@ from app.schemas import (
     LossInfo,
     OptimizerInfo,
     SchedulerInfo,
+    error_responses,
 )
 from spec.architectures import ARCHITECTURES
 from spec.datasets import BUILTIN_DATASETS, DatasetInfo
 from spec.training import LOSSES, OPTIMIZERS, SCHEDULERS
 
-router = APIRouter(tags=["catalog"])
+router = APIRouter(tags=["catalog"], responses=error_responses(401))
 
 
 def _catalog_dataset(name: str, dataset_id: str | None, description: str, info: DatasetInfo) -> CatalogDataset:

@@ -8,15 +8,15 @@ from fastapi import status as http_status
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app import datasets, storage
-from app.deps import DbDep, OwnerDep, SettingsDep
-from app.errors import InvalidSpec, UnsupportedMedia
+from app import datasets, quotas, storage
+from app.deps import DbDep, OwnerDep, PrincipalDep, SettingsDep, rate_limited
+from app.errors import InvalidSpec, TooManyRequests, UnsupportedMedia
 from app.schemas import DatasetPublic, DatasetsPublic, error_responses
 from app.tables import DatasetStatus, new_id
 from app.uploads import receive_form
 from spec.datasets import IngestOptions
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(prefix="/datasets", tags=["datasets"], responses=error_responses(401))
 
 OPTION_FIELDS = frozenset(IngestOptions.model_fields)
 FORM_FIELDS = OPTION_FIELDS | {"name"}
@@ -63,21 +63,33 @@ def _options(fields: dict[str, str]) -> tuple[str, IngestOptions]:
 
 @router.post(
     "", status_code=http_status.HTTP_202_ACCEPTED, openapi_extra=_UPLOAD_FORM,
-    responses=error_responses(400, 413, 415, 422, 503),
+    responses=error_responses(400, 413, 415, 422, 429, 503), dependencies=[rate_limited("submit")],
 )
-async def upload_dataset(request: Request, db: DbDep, owner: OwnerDep, settings: SettingsDep) -> DatasetPublic:
+async def upload_dataset(request: Request, db: DbDep, principal: PrincipalDep, settings: SettingsDep) -> DatasetPublic:
     """Upload a labelled image archive; it is ingested off the API (status processing -> ready | failed)."""
+    owner, limits = principal.owner, principal.limits
+    room = await db.read(lambda session: quotas.remaining_dataset_bytes(session=session, owner=owner, limits=limits))
+
+    def within_quota(size: int) -> None:
+        if size > room:
+            raise TooManyRequests(
+                f"storage quota reached: this upload passed the {room:,} bytes left of owner {owner!r}'s "
+                f"{limits.dataset_bytes:,} (this key's dataset_bytes limit, default TAAS_LIMIT_DATASET_BYTES); "
+                "delete datasets you no longer need (DELETE /datasets/{id})",
+                retry_after=quotas.STORAGE_RETRY_SECONDS)
+
     dataset_id = new_id()
     folder = storage.dataset_dir(settings.datasets_path, dataset_id)
     await run_in_threadpool(folder.mkdir, parents=True)
     try:
         form = await receive_form(request, dest=folder / storage.ARCHIVE, file_field="file", fields=FORM_FIELDS,
-                                  check_head=_must_be_an_archive)
+                                  check_head=_must_be_an_archive, check_size=within_quota)
         name, options = _options(form.fields)
 
         dataset = await db.run(lambda session: datasets.create_dataset(
             session=session, owner=owner, dataset_id=dataset_id, name=name, options=options,
-            archive_bytes=form.size, settings=settings))
+            archive_bytes=form.size, settings=settings, limits=limits))
+        request.state.audit_object = dataset.id
         return DatasetPublic.of(dataset)
     except BaseException:
         await run_in_threadpool(shutil.rmtree, folder, True)

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app import oip
-from app.deps import BatcherDep, DbDep, OwnerDep, ServedDep, SettingsDep
+from app.deps import BatcherDep, DbDep, OwnerDep, ServedDep, SettingsDep, rate_limited
 from app.predictor import Upload, Work
 from app.routes.health import select_one
 from app.schemas import error_responses
@@ -41,14 +41,14 @@ async def ready(db: DbDep) -> JSONResponse:
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503, headers=None if ok else {"retry-after": "1"})
 
 
-@router.get("/models/{name}", responses=error_responses(404, 409))
+@router.get("/models/{name}", responses=error_responses(401, 404, 409))
 async def model_metadata(name: str, owner: OwnerDep, served: ServedDep) -> dict[str, Any]:
     """A succeeded job as a model: its inputs and outputs, with datatypes and shapes."""
     model = await served.get(owner=owner, job_id=name)
     return oip.model_metadata(name, model.input_shape, len(model.classes))
 
 
-@router.get("/models/{name}/ready", responses=error_responses(404, 409))
+@router.get("/models/{name}/ready", responses=error_responses(401, 404, 409))
 async def model_ready(name: str, owner: OwnerDep, served: ServedDep) -> dict[str, Any]:
     """200 when the job's weights are loaded and can serve; 404 or 409 (with the reason) otherwise."""
     await served.get(owner=owner, job_id=name)
@@ -60,7 +60,8 @@ async def model_ready(name: str, owner: OwnerDep, served: ServedDep) -> dict[str
     responses={200: {"content": {"application/octet-stream": {}},
                      "description": "JSON, or with binary outputs the JSON part then the tensors "
                                     "(Inference-Header-Content-Length)"},
-               **error_responses(400, 404, 409, 413, 415, 503)},
+               **error_responses(400, 401, 404, 409, 413, 415, 429, 503)},
+    dependencies=[rate_limited("predict")],
 )
 async def infer(
     name: str, request: Request, owner: OwnerDep, settings: SettingsDep, served: ServedDep, batcher: BatcherDep

@@ -14,10 +14,10 @@ from starlette.concurrency import run_in_threadpool
 
 from app import cursors, export, jobs, storage
 from app.db import Database
-from app.deps import DbDep, OwnerDep, RedisDep, ServedDep, SettingsDep
+from app.deps import DbDep, OwnerDep, PrincipalDep, RedisDep, ServedDep, SettingsDep, rate_limited
 from app.errors import NotFound
 from app.export import ExportFormat
-from app.job_reads import JobReads
+from app.fast_reads import FastReads
 from app.loss_stream import LossRecord
 from app.schemas import (
     EpochMetricPublic,
@@ -35,13 +35,17 @@ from spec.job import JobSpec
 # Every route is async and does its database work in one db.run call (app.db.Database): the session is
 # closed before the response is built.
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=error_responses(401))
 
 
-@router.post("", status_code=http_status.HTTP_201_CREATED, responses=error_responses(413, 503))
-async def submit_job(spec: JobSpec, db: DbDep, owner: OwnerDep, settings: SettingsDep) -> JobPublic:
+@router.post("", status_code=http_status.HTTP_201_CREATED, responses=error_responses(413, 429, 503),
+             dependencies=[rate_limited("submit")])
+async def submit_job(spec: JobSpec, request: Request, db: DbDep, principal: PrincipalDep,
+                     settings: SettingsDep) -> JobPublic:
     """Submit a training job; it is queued and a worker picks it up."""
-    job = await db.run(lambda session: jobs.create_job(session=session, owner=owner, spec=spec, settings=settings))
+    job = await db.run(lambda session: jobs.create_job(session=session, owner=principal.owner, spec=spec,
+                                                       settings=settings, limits=principal.limits))
+    request.state.audit_object = job.id
     return JobPublic.of(job)
 
 
@@ -66,8 +70,8 @@ async def get_job(job_id: str, request: Request, owner: OwnerDep) -> Response:
     """A job's status, progress, timings, result and error."""
     # The route every dashboard polls: its clients come from app.state rather than from dependencies
     # (each one a coroutine FastAPI resolves per request).
-    reads: JobReads | None = request.app.state.job_reads
-    if reads is not None:  # PostgreSQL: on the event loop (app.job_reads)
+    reads: FastReads | None = request.app.state.fast_reads
+    if reads is not None:  # PostgreSQL: on the event loop (app.fast_reads)
         job = await reads.job(owner=owner, job_id=job_id)
         if job is None:
             raise jobs.job_not_found(job_id)

@@ -5,13 +5,13 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 
-from app.deps import BatcherDep, OwnerDep, ServedDep, SettingsDep
+from app.deps import BatcherDep, OwnerDep, ServedDep, SettingsDep, rate_limited
 from app.errors import PayloadTooLarge
 from app.multipart import parse_form
 from app.predictor import Upload, Work, postprocess
 from app.schemas import PredictionPublic, PredictionsPublic, error_responses
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(tags=["predict"], responses=error_responses(401))
 
 _FORM: dict[str, Any] = {
     "requestBody": {
@@ -37,7 +37,7 @@ def _missing(name: str) -> RequestValidationError:
 # The body size limit (settings.predict_max_bytes) is enforced before parsing, by app.body_limit. Decoding
 # and inference run on the batcher's inference thread, never on the event loop.
 @router.post("/predict", openapi_extra=_FORM, response_model=PredictionsPublic,
-             responses=error_responses(400, 404, 409, 413, 415, 503))
+             responses=error_responses(400, 404, 409, 413, 415, 429, 503), dependencies=[rate_limited("predict")])
 async def predict(
     request: Request, owner: OwnerDep, settings: SettingsDep, served: ServedDep, batcher: BatcherDep
 ) -> Response:

@@ -6,9 +6,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.main import create_app
 from app.migrate import upgrade_head
-from tests.app.harness import ApiEnv, cleanup, configure, reset_caches
+from tests.app.harness import ApiEnv, api_client, cleanup, configure, reset_caches
 
 
 @pytest.fixture(autouse=True)
@@ -33,5 +32,6 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, migrated_postgres: str,
 
 @pytest.fixture
 def client(env: ApiEnv) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
+    """The app, sending an API key of the env's owner."""
+    with api_client(env) as test_client:
         yield test_client

@@ -1,7 +1,7 @@
 """Helpers to run the API against the real PostgreSQL and Redis in tests (importable from other test trees).
 
     env = configure(monkeypatch, tmp_path, database_url=postgres_url, redis_url=redis_url)
-    with TestClient(create_app()) as client: ...
+    with api_client(env) as client: ...   # a TestClient sending a fresh API key of env.owner
     cleanup(env)
 
 configure() sets TAAS_* variables and clears every settings-derived cache; the app reads them at startup.
@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 import torch
+from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 from sqlalchemy import select
 
@@ -23,6 +24,9 @@ import app.db
 import app.queue
 from app.config import Settings, get_settings
 from app.db import session_scope
+from app.keys import create_key
+from app.limits import Limits
+from app.main import create_app
 from app.tables import Job, JobStatus, utcnow
 from models import build_model
 from spec.datasets import BUILTIN_DATASETS, DatasetInfo
@@ -68,6 +72,10 @@ def configure(
         "OWNER": f"test-{tag}",
         # Messages go to throwaway queues no real worker consumes.
         "QUEUE_PREFIX": f"taas-test-{tag}-",
+        # Tests submit fast and often; the tests of limits set their own.
+        "LIMIT_SUBMIT_RATE": "unlimited",
+        "LIMIT_PREDICT_RATE": "unlimited",
+        "LIMIT_ACTIVE_JOBS": "100000",
         **extra,
     }
     for key, value in env.items():
@@ -89,6 +97,24 @@ def cleanup(env: ApiEnv, redis_url: str) -> None:
             client.delete(*keys)
     finally:
         client.close()
+
+
+def api_key(owner: str, *, admin: bool = False, limits: Limits | None = None) -> str:
+    """A new API key of `owner` in the configured database."""
+    with session_scope() as session:
+        _, key = create_key(session=session, owner=owner, admin=admin, limits=limits)
+    return key
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def api_client(env: ApiEnv, *, owner: str | None = None, admin: bool = False,
+               limits: Limits | None = None) -> TestClient:
+    """A TestClient of a new app, sending a new key of `owner` (default: the env's owner). Use it in `with`."""
+    key = api_key(owner or env.owner, admin=admin, limits=limits)
+    return TestClient(create_app(), headers=bearer(key))
 
 
 def add_job(

@@ -18,12 +18,11 @@ from starlette.datastructures import Headers
 
 import app.jobs
 from app.db import session_scope
-from app.main import create_app
 from app.migrate import upgrade_head
 from app.storage import ARCHIVE, STORE
 from app.tables import Dataset, Job, JobStatus
 from spec.datasets import DatasetInfo
-from tests.app.harness import DEAD_REDIS_URL, ApiEnv, cleanup, configure, seeded_network
+from tests.app.harness import DEAD_REDIS_URL, ApiEnv, api_client, cleanup, configure, seeded_network
 from tests.archives import bars, class_folders, png, zip_of
 from worker.ingest_task import ingest_dataset
 
@@ -141,7 +140,7 @@ def test_uploads_past_the_limit_are_413_before_or_while_streaming(
     env = configure(monkeypatch, tmp_path, database_url=migrated_postgres, redis_url=redis_url,
                     DATASET_MAX_UPLOAD_BYTES="200000")
     body, content_type = _multipart(np.random.default_rng(0).bytes(300_000))
-    with TestClient(create_app()) as client:
+    with api_client(env) as client:
         r = client.post("/datasets", content=body, headers={"content-type": content_type})
         assert r.status_code == 413 and "at most 200000 bytes are accepted by /datasets" in r.json()["detail"]
 
@@ -159,7 +158,7 @@ def test_uploads_past_the_limit_are_413_before_or_while_streaming(
 def test_broker_down_answers_503_and_leaves_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                     migrated_postgres: str, archive: bytes):
     env = configure(monkeypatch, tmp_path, database_url=migrated_postgres, redis_url=DEAD_REDIS_URL)
-    with TestClient(create_app()) as client:
+    with api_client(env) as client:
         r = upload(client, archive)
         assert r.status_code == 503 and "the dataset was not accepted" in r.json()["detail"]
     assert folders(env) == [] and rows(env) == 0
@@ -283,7 +282,7 @@ def test_a_dataset_deleted_during_a_submission_is_a_conflict_on_sqlite(
     upgrade_head(url)
     env = configure(monkeypatch, tmp_path, database_url=url, redis_url=redis_url)
     try:
-        with TestClient(create_app()) as client:
+        with api_client(env) as client:
             dataset = ready(client, archive)
             checked = app.jobs.dataset_for_job
 

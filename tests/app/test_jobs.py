@@ -15,10 +15,9 @@ from app import jobs
 from app.db import new_session, session_scope
 from app.errors import Conflict
 from app.loss_stream import LossRecord, LossStream, cancel_key, stream_key
-from app.main import create_app
 from app.queue import TRAIN_TASK
 from app.tables import EpochMetric, Job, JobStatus, LossPoint, utcnow
-from tests.app.harness import DEAD_REDIS_URL, ApiEnv, add_job, configure, write_weights
+from tests.app.harness import DEAD_REDIS_URL, ApiEnv, add_job, api_client, configure, write_weights
 
 TUTORIAL = {"dataset": {"name": "fashion-mnist"}, "model": {"arch": "mlp"}}
 
@@ -74,7 +73,7 @@ def test_device_auto_uses_the_default_queue(monkeypatch: pytest.MonkeyPatch, tmp
     env = configure(monkeypatch, tmp_path, database_url=migrated_postgres, redis_url=redis_url,
                     DEFAULT_QUEUE="gpu")
     try:
-        with TestClient(create_app()) as client:
+        with api_client(env) as client:
             assert client.post("/jobs", json=TUTORIAL).json()["queue"] == env.queue("gpu")
     finally:
         cleanup(env, redis_url)
@@ -112,7 +111,7 @@ def test_broker_down_answers_503_and_leaves_nothing_behind(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, migrated_postgres: str
 ):
     env = configure(monkeypatch, tmp_path, database_url=migrated_postgres, redis_url=DEAD_REDIS_URL)
-    with TestClient(create_app()) as client:
+    with api_client(env) as client:
         r = client.post("/jobs", json=TUTORIAL)
         assert r.status_code == 503
         detail = r.json()["detail"]

@@ -11,10 +11,9 @@ from fastapi.testclient import TestClient
 from app import cursors
 from app.db import session_scope
 from app.loss_stream import LossRecord, LossStream
-from app.main import create_app
 from app.migrate import upgrade_head
 from app.tables import JobStatus, LossPoint, utcnow
-from tests.app.harness import DEAD_REDIS_URL, ApiEnv, add_job, cleanup, configure
+from tests.app.harness import DEAD_REDIS_URL, ApiEnv, add_job, api_client, cleanup, configure
 
 STEPS_PER_EPOCH = 40
 
@@ -127,7 +126,7 @@ def test_steps_beyond_32_bits_are_refused_before_the_database(monkeypatch: pytes
     try:
         job_id = add_job(env, status=JobStatus.running)
         persist(job_id, range(0, 3))
-        with TestClient(create_app()) as client:
+        with api_client(env) as client:
             for step in (2**31, 2**63, 2**64):
                 r = client.get(f"/jobs/{job_id}/losses", params={"after": cursors.encode_step(step)})
                 assert r.status_code == 400, (step, r.text)
@@ -144,7 +143,7 @@ def test_redis_down_answers_from_the_db(monkeypatch: pytest.MonkeyPatch, tmp_pat
     try:
         job_id = add_job(env, status=JobStatus.running)
         persist(job_id, range(0, 30))
-        with TestClient(create_app()) as client:
+        with api_client(env) as client:
             r = client.get(f"/jobs/{job_id}/losses")
             assert r.status_code == 200
             assert [d["step"] for d in r.json()["data"]] == list(range(30))

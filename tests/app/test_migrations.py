@@ -15,7 +15,8 @@ from app.db import make_engine, normalize_url
 from app.migrate import alembic_config, upgrade_head
 from app.tables import Base
 
-TABLES = {"jobs", "epoch_metrics", "loss_points", "artifacts", "datasets", "alembic_version"}
+TABLES = {"jobs", "epoch_metrics", "loss_points", "artifacts", "datasets", "api_keys", "audit_events",
+          "alembic_version"}
 
 
 @pytest.fixture

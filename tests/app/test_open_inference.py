@@ -14,12 +14,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.cli import free_port
+from app.local import free_port
 from app.tables import JobStatus
-from tests.app.harness import ApiEnv, add_job, write_weights
+from tests.app.harness import ApiEnv, add_job, api_key, bearer, write_weights
 from tests.processes import Service, start_api, wait_healthy
 
 httpclient = pytest.importorskip("tritonclient.http")
+from tritonclient._plugin import InferenceServerClientPlugin  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 LENET = {"dataset": {"name": "fashion-mnist"}, "model": {"arch": "lenet5"}}
@@ -35,8 +36,23 @@ def png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+class BearerAuth(InferenceServerClientPlugin):
+    """An API key on every request, as tritonclient's own BasicAuth plugin adds credentials."""
+
+    def __init__(self, key: str):
+        self.header = bearer(key)["Authorization"]
+
+    def __call__(self, request: object) -> None:
+        request.headers["authorization"] = self.header  # type: ignore[attr-defined]
+
+
 @pytest.fixture
-def server(env: ApiEnv, tmp_path: Path) -> Iterator[tuple[str, Service]]:
+def key(env: ApiEnv) -> str:
+    return api_key(env.owner)
+
+
+@pytest.fixture
+def server(env: ApiEnv, tmp_path: Path, key: str) -> Iterator[tuple[str, Service]]:
     port = free_port()
     service = start_api(dict(os.environ), tmp_path / "logs", port)
     try:
@@ -44,6 +60,12 @@ def server(env: ApiEnv, tmp_path: Path) -> Iterator[tuple[str, Service]]:
         yield f"127.0.0.1:{port}", service
     finally:
         service.stop()
+
+
+def triton(address: str, key: str) -> "httpclient.InferenceServerClient":
+    client = httpclient.InferenceServerClient(address)
+    client.register_plugin(BearerAuth(key))
+    return client
 
 
 @pytest.fixture
@@ -58,18 +80,19 @@ def labels(array: np.ndarray) -> list[str]:
     return [x.decode() if isinstance(x, bytes) else str(x) for x in array.reshape(-1)]
 
 
-def predict(address: str, job_id: str, images: np.ndarray) -> dict:
+def predict(address: str, key: str, job_id: str, images: np.ndarray) -> dict:
     files = [("files", (f"{i}.png", png(a), "image/png")) for i, a in enumerate(images)]
-    response = httpx.post(f"http://{address}/predict", data={"job_id": job_id}, files=files, timeout=30)
+    response = httpx.post(f"http://{address}/predict", data={"job_id": job_id}, files=files, timeout=30,
+                          headers=bearer(key))
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
     return {"probabilities": np.array([p["probabilities"] for p in predictions], dtype=np.float32),
             "labels": [p["label"] for p in predictions]}
 
 
-def test_tritonclient_health_metadata_and_readiness(server: tuple[str, Service], job: str, env: ApiEnv):
+def test_tritonclient_health_metadata_and_readiness(server: tuple[str, Service], job: str, key: str, env: ApiEnv):
     address, _ = server
-    client = httpclient.InferenceServerClient(address)
+    client = triton(address, key)
     assert client.is_server_live() and client.is_server_ready()
     assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
     metadata = client.get_model_metadata(job)
@@ -93,12 +116,12 @@ def test_tritonclient_health_metadata_and_readiness(server: tuple[str, Service],
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_tritonclient_infer_fp32_gives_predicts_probabilities(server: tuple[str, Service], job: str,
+def test_tritonclient_infer_fp32_gives_predicts_probabilities(server: tuple[str, Service], job: str, key: str,
                                                               binary: bool):
     address, _ = server
     images = arrays(5)
-    expected = predict(address, job, images)
-    client = httpclient.InferenceServerClient(address)
+    expected = predict(address, key, job, images)
+    client = triton(address, key)
     pixels = (images.astype(np.float32) / 255)[:, None]
     tensor = httpclient.InferInput("input", list(pixels.shape), "FP32")
     tensor.set_data_from_numpy(pixels, binary_data=binary)
@@ -113,11 +136,11 @@ def test_tritonclient_infer_fp32_gives_predicts_probabilities(server: tuple[str,
     client.close()
 
 
-def test_tritonclient_infer_bytes_images_gives_predicts_probabilities(server: tuple[str, Service], job: str):
+def test_tritonclient_infer_bytes_images_gives_predicts_probabilities(server: tuple[str, Service], job: str, key: str):
     address, _ = server
     images = arrays(4, seed=1)
-    expected = predict(address, job, images)
-    client = httpclient.InferenceServerClient(address)
+    expected = predict(address, key, job, images)
+    client = triton(address, key)
     encoded = np.array([png(a) for a in images], dtype=np.object_)
     tensor = httpclient.InferInput("images", [len(images)], "BYTES")
     tensor.set_data_from_numpy(encoded)  # binary data: tritonclient's default
@@ -131,9 +154,9 @@ def test_tritonclient_infer_bytes_images_gives_predicts_probabilities(server: tu
     client.close()
 
 
-def test_tritonclient_errors_carry_the_reason(server: tuple[str, Service], job: str):
+def test_tritonclient_errors_carry_the_reason(server: tuple[str, Service], job: str, key: str):
     address, _ = server
-    client = httpclient.InferenceServerClient(address)
+    client = triton(address, key)
     wrong = httpclient.InferInput("input", [1, 3, 28, 28], "FP32")
     wrong.set_data_from_numpy(np.zeros((1, 3, 28, 28), dtype=np.float32))
     with pytest.raises(InferenceServerException, match=r"must have shape \[N, 1, 28, 28\]"):

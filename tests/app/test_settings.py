@@ -4,12 +4,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from app.config import Settings
-from app.main import create_app
-from tests.app.harness import cleanup, configure
+from tests.app.harness import api_client, cleanup, configure
 
 
 @pytest.mark.parametrize(("field", "value"), [("owner", "o" * 65), ("owner", ""), ("queue_prefix", "q" * 25)])
@@ -30,7 +28,7 @@ def test_the_longest_accepted_values_fit_in_postgres(monkeypatch: pytest.MonkeyP
     env = configure(monkeypatch, tmp_path, database_url=migrated_postgres, redis_url=redis_url,
                     OWNER=owner, QUEUE_PREFIX=prefix)
     try:
-        with TestClient(create_app()) as client:
+        with api_client(env) as client:
             r = client.post("/jobs", json={"device": "cuda"})
             assert r.status_code == 201, r.text
             assert r.json()["queue"] == f"{prefix}gpu"
