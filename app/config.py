@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     predict_cache_size: int = Field(default=8, ge=1)
     # Larger images are refused before decoding (a small PNG can decode to gigabytes).
     predict_max_pixels: int = Field(default=4096 * 4096, ge=1)
+    # And all images of one request together, read from their headers before any is decoded.
+    predict_max_request_pixels: int = Field(default=4096 * 4096, ge=1)
     # Dynamic batching (app.batching): concurrent requests for one job run as one batch of at most
     # batch_max_images; a batch that is not full waits up to batch_max_delay_ms for requests still being
     # received (0: never wait, as Triton's default). Past queue_max_images waiting, requests get 503.

@@ -20,7 +20,7 @@ from app.limits import EffectiveLimits
 from app.paging import newest_first
 from app.queue import enqueue_ingest
 from app.quotas import check_dataset_bytes, lock_owner
-from app.tables import Dataset, DatasetStatus, Job, JobStatus
+from app.tables import Dataset, DatasetStatus, Job, JobStatus, is_id
 from spec.datasets import DatasetInfo, IngestOptions
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ def create_dataset(*, session: Session, owner: str, dataset_id: str, name: str, 
 
 
 def get_dataset(*, session: Session, owner: str, dataset_id: str) -> Dataset:
+    if not is_id(dataset_id):
+        raise NotFound(f"no dataset {dataset_id!r}")
     dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.owner == owner))
     if dataset is None:
         raise NotFound(f"no dataset {dataset_id!r}")
@@ -83,6 +85,8 @@ def _locked(session: Session, owner: str, dataset_id: str) -> Dataset | None:
     # FOR UPDATE (PostgreSQL): a job submission and a deletion of the same dataset take this lock in turn.
     # SQLite ignores it; there the deletion is one conditional statement and the submission checks again
     # after its insert (confirm_dataset_for_job), which together keep the same promise.
+    if not is_id(dataset_id):
+        return None
     return session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.owner == owner)
                           .with_for_update())
 

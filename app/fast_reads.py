@@ -28,7 +28,7 @@ from app.errors import Unavailable
 from app.loss_stream import LossStream
 from app.read_batching import BatchedLookup
 from app.schemas import JobRow
-from app.tables import ApiKey, Job, JobStatus
+from app.tables import ApiKey, Job, JobStatus, is_id
 
 # How long a running job's live step (the last step in its loss stream) is reused; how many jobs are kept.
 LIVE_STEP_SECONDS = 0.05
@@ -87,7 +87,7 @@ class FastReads:
 
     async def job(self, *, owner: str, job_id: str) -> JobRow | None:
         """The owner's job (its row as an object with Job's attributes), or None."""
-        return await self.jobs.get((job_id, owner))
+        return await self.jobs.get((job_id, owner)) if is_id(job_id) else None
 
     async def key(self, hashed: str) -> Any:
         """The api_keys row of this key hash (an object with ApiKey's attributes), or None."""

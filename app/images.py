@@ -40,6 +40,18 @@ class Decoded:
     gray: bool  # the file's pixels carry no colour
 
 
+def header_pixels(data: bytes) -> int:
+    """Width x height from the file's header, decoding no pixel; 0 for what is not an image (decode says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"PIL\.")
+            with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+                width, height = image.size
+                return width * height
+    except (UnidentifiedImageError, Image.DecompressionBombError, *DECODE_ERRORS):
+        return 0
+
+
 def decode(data: bytes, *, name: str, max_pixels: int) -> Decoded:
     """Decode one image file; the pixel count is checked from the header, before any pixel is decoded."""
     try:

@@ -21,7 +21,7 @@ from app.loss_stream import LossRecord, LossStream, cancel_key
 from app.paging import newest_first
 from app.queue import enqueue_training, queue_for_device
 from app.quotas import check_active_jobs, check_job_size, lock_owner
-from app.tables import TERMINAL, EpochMetric, Job, JobStatus, LossPoint, utcnow
+from app.tables import TERMINAL, EpochMetric, Job, JobStatus, LossPoint, is_id, utcnow
 from spec.architectures import misfit
 from spec.datasets import BUILTIN_DATASETS, DatasetInfo
 from spec.job import BuiltinDatasetSpec, JobSpec
@@ -84,6 +84,8 @@ def job_not_found(job_id: str) -> NotFound:
 
 
 def get_job(*, session: Session, owner: str, job_id: str) -> Job:
+    if not is_id(job_id):
+        raise job_not_found(job_id)
     job = session.scalar(select(Job).where(Job.id == job_id, Job.owner == owner))
     if job is None:
         raise job_not_found(job_id)

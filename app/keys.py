@@ -11,7 +11,7 @@ from app.db import rowcount
 from app.errors import NotFound
 from app.limits import EffectiveLimits, Limits
 from app.paging import newest_first
-from app.tables import ApiKey, utcnow
+from app.tables import ApiKey, is_id, utcnow
 
 
 def create_key(*, session: Session, owner: str, admin: bool, name: str | None = None,
@@ -38,6 +38,8 @@ def list_keys(*, session: Session, owner: str | None, revoked: bool, limit: int,
 
 def revoke_key(*, session: Session, key_id: str) -> ApiKey:
     """Revoke a key (kept, with revoked_at, so the audit log still names it); the next request with it fails."""
+    if not is_id(key_id):
+        raise NotFound(f"no key {key_id!r}")
     rowcount(session, update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
              .values(revoked_at=utcnow()))
     session.commit()

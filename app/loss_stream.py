@@ -2,6 +2,15 @@
 
 An entry's id is "<step>-1": XRANGE from "<after+1>-0" returns exactly the steps after a cursor, and a
 step written twice (a resumed job re-sending its tail) is refused by Redis instead of duplicated.
+
+Workers append fenced: a job's lease key names the worker holding its lease, and a script adds entries only
+for that worker. Without it, a worker that froze past its lease (SIGSTOP, a long pause, a partition) and
+woke up ahead of the one that took the job over would add steps the new owner could then never write. The
+key is set only by a worker that holds the job's row lock after checking its lease (at the claim, and
+whenever its appends are refused: LossStream.fence), so the key always names the latest owner. A missing key
+(Redis flushed or restarted without its data, or unreachable at the claim) refuses appends as a foreign
+owner does: the writer then proves its lease in the database and sets the key again; trusting a missing key
+would let any stale worker write after every Redis restart.
 """
 
 from collections.abc import Iterable, Sequence
@@ -30,15 +39,79 @@ def cancel_key(job_id: str) -> str:
     return f"taas:job:{job_id}:cancel"
 
 
+def lease_key(job_id: str) -> str:
+    """Holds the lease owner whose appends the job's stream accepts."""
+    return f"taas:job:{job_id}:lease"
+
+
+# A safety net against keys of jobs whose worker died and that nobody deleted: an owner whose key expired
+# mid-run is refused once and sets it again (see the module docstring), so expiry never blocks a writer.
+LEASE_KEY_TTL_SECONDS = 24 * 3600
+# Entries per script call: one call blocks Redis while it runs, so a long backlog goes in several.
+FENCED_CHUNK = 1000
+
+# KEYS: stream, lease key. ARGV: lease owner, maxlen, then id, epoch, batch, loss, t per entry.
+# Returns how many entries were new, -1 when the lease key is missing, -2 when it names another owner.
+_FENCED_XADD = """
+local holder = redis.call('GET', KEYS[2])
+if holder == false then return -1 end
+if holder ~= ARGV[1] then return -2 end
+local added = 0
+for i = 3, #ARGV, 5 do
+  local res = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[i],
+                          'epoch', ARGV[i + 1], 'batch', ARGV[i + 2], 'loss', ARGV[i + 3], 't', ARGV[i + 4])
+  if type(res) == 'table' and res.err then
+    if not string.find(res.err, 'equal or smaller', 1, true) then return redis.error_reply(res.err) end
+  else
+    added = added + 1
+  end
+end
+return added
+"""
+
+
+class StreamFenced(Exception):
+    """The job's stream refused our appends: its lease key is missing or names another lease owner."""
+
+    def __init__(self, job_id: str, *, missing: bool):
+        super().__init__(f"loss stream of job {job_id}: lease key {'missing' if missing else 'held by another'}")
+        self.missing = missing
+
+
 class LossStream:
     """Writes and reads one Redis connection's loss streams."""
 
     def __init__(self, client: redis.Redis, maxlen: int = 200_000):
         self.client = client
         self.maxlen = maxlen
+        self._fenced_xadd = client.register_script(_FENCED_XADD)
+
+    def fence(self, job_id: str, lease_owner: str) -> None:
+        """Let only `lease_owner` append from now on. Call it only while holding the job's row lock with the
+        lease checked (worker.claims), and before that transaction commits: then no later owner can exist."""
+        self.client.set(lease_key(job_id), lease_owner, ex=LEASE_KEY_TTL_SECONDS)
+
+    def append_fenced(self, job_id: str, records: Sequence[LossRecord], *, lease_owner: str) -> int:
+        """append() for the holder of the job's lease key, one round trip per FENCED_CHUNK records; returns
+        how many were new. Raises StreamFenced when the key is missing or names another owner."""
+        keys = [stream_key(job_id), lease_key(job_id)]
+        added = 0
+        for start in range(0, len(records), FENCED_CHUNK):
+            args: list[str | int] = [lease_owner, self.maxlen]
+            for r in records[start:start + FENCED_CHUNK]:
+                args += [f"{r.step}-1", r.epoch, r.batch, repr(r.loss), repr(r.t)]
+            # Called on the client, not in a pipeline: redis-py checks a pipeline's scripts with an extra
+            # round trip on every execute.
+            result = int(self._fenced_xadd(keys=keys, args=args))
+            if result < 0:
+                # Earlier chunks may have been added (the key changed in between): the caller re-proves its
+                # lease and sends the whole batch again, and those entries are then refused as duplicates.
+                raise StreamFenced(job_id, missing=result == -1)
+            added += result
+        return added
 
     def append(self, job_id: str, records: Iterable[LossRecord]) -> int:
-        """XADD the records in one pipelined round trip; returns how many were new."""
+        """XADD the records in one pipelined round trip, unfenced (tests, tools); returns how many were new."""
         key = stream_key(job_id)
         pipe = self.client.pipeline(transaction=False)
         n = 0
@@ -75,7 +148,7 @@ class LossStream:
         return _step(entries[0][0]) if entries else None
 
     def delete(self, job_id: str) -> None:
-        self.client.delete(stream_key(job_id), cancel_key(job_id))
+        self.client.delete(stream_key(job_id), cancel_key(job_id), lease_key(job_id))
 
 
 def _step(entry_id: bytes | str) -> int:

@@ -14,7 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from app import errors
+from app import errors, openapi
 from app.audit import AuditLog
 from app.auth import REALM, Principal
 from app.batching import Batcher
@@ -112,7 +112,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                                           limits=EffectiveLimits.of(settings))
     app.state.rate_limits = RateLimits(settings)
     predictor = Predictor(artifacts=settings.artifacts_path, max_pixels=settings.predict_max_pixels,
-                          threads=settings.predict_threads)
+                          max_request_pixels=settings.predict_max_request_pixels, threads=settings.predict_threads)
     app.state.served = ServedModels(predictor=predictor, db=db, capacity=settings.predict_cache_size,
                                     recheck_seconds=settings.predict_recheck_seconds)
     app.state.batcher = batcher = Batcher(
@@ -165,6 +165,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RedisConnectionError, _redis_down)
     app.add_exception_handler(RedisTimeoutError, _redis_down)
     add_request_error_handlers(app)
+    openapi.install(app)
     for module in (jobs, datasets, predict, inference, catalog, keys, audit, health):
         app.include_router(module.router)
     return app

@@ -8,6 +8,7 @@
 
 import logging
 import math
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException
-from starlette.routing import Match
+from starlette.routing import compile_path
 
 log = logging.getLogger(__name__)
 
@@ -62,22 +63,32 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({key: validation_errors(exc)}, status_code=422)
 
 
-def allowed_methods(app: Any, scope: dict[str, Any]) -> list[str]:
-    """Every method some route of the app serves at this path."""
-    methods: set[str] = set()
+def route_methods(app: Any) -> list[tuple[str, frozenset[str]]]:
+    """(path template, methods) of every route of the app, included routers' routes with their prefix."""
+    table: list[tuple[str, frozenset[str]]] = []
     for route in app.router.routes:
-        route_methods = getattr(route, "methods", None)
-        # PARTIAL: the path matches, the method does not.
-        if route_methods and route.matches(scope)[0] != Match.NONE:
-            methods |= set(route_methods)
-    return sorted(methods)
+        if hasattr(route, "effective_route_contexts"):  # an included router (FastAPI keeps them whole)
+            table += [(ctx.path, frozenset(getattr(ctx.original_route, "methods", None) or ()))
+                      for ctx in route.effective_route_contexts()]
+        elif getattr(route, "methods", None):
+            table.append((route.path, frozenset(route.methods)))
+    return table
+
+
+def allowed_methods(app: Any, path: str) -> list[str]:
+    """Every method some route of the app serves at this path."""
+    patterns: list[tuple[re.Pattern[str], frozenset[str]]] | None = getattr(app.state, "route_patterns", None)
+    if patterns is None:
+        patterns = [(compile_path(template)[0], methods) for template, methods in route_methods(app)]
+        app.state.route_patterns = patterns
+    return sorted({m for pattern, methods in patterns if pattern.match(path) for m in methods})
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    headers = dict(exc.headers or {})
+    headers = {k: v for k, v in (exc.headers or {}).items() if k.lower() != "allow"}
     if exc.status_code == 405:
-        headers["allow"] = ", ".join(allowed_methods(request.app, dict(request.scope)))
+        headers["allow"] = ", ".join(allowed_methods(request.app, request.url.path))
     key = "error" if request.url.path.startswith("/v2/") else "detail"
     return JSONResponse({key: exc.detail}, status_code=exc.status_code, headers=headers)
 

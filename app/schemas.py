@@ -302,7 +302,7 @@ class AuditPublic(BaseModel):
     next_cursor: str | None
 
 
-_ERROR_DESCRIPTIONS = {
+ERROR_DESCRIPTIONS = {
     400: "Bad request (e.g. a cursor this API did not hand out, a broken image)",
     401: "No API key, or an unknown or revoked one (Authorization: Bearer <key>)",
     403: "The key is not an admin key",
@@ -323,4 +323,4 @@ def json_response(model: BaseModel, status_code: int = 200) -> Response:
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for the domain errors a route can answer."""
-    return {code: {"model": ErrorPublic, "description": _ERROR_DESCRIPTIONS[code]} for code in codes}
+    return {code: {"model": ErrorPublic, "description": ERROR_DESCRIPTIONS[code]} for code in codes}

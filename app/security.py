@@ -31,6 +31,10 @@ def is_loopback(host: str) -> bool:
     return host_name(host) in LOOPBACK_HOSTS or host.startswith("127.")
 
 
+# FastAPI's documentation pages start Swagger UI and ReDoc with an inline script.
+INLINE_SCRIPT_PAGES = ("/docs", "/redoc")
+
+
 class SecurityHeaders:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -39,12 +43,15 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers = SECURITY_HEADERS
+        if scope.get("path", "").startswith(INLINE_SCRIPT_PAGES):
+            headers = [h for h in SECURITY_HEADERS if h[0] != b"content-security-policy"]
 
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
                 message["headers"] = list(message.get("headers", [])) + [
-                    (name, value) for name, value in SECURITY_HEADERS if name not in present]
+                    (name, value) for name, value in headers if name not in present]
             await send(message)
 
         await self.app(scope, receive, sending)

@@ -1,6 +1,7 @@
 """File names on the shared disk (artifacts and datasets folders): the one home of these names, imported by
 the API and the workers alike."""
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -12,6 +13,10 @@ WEIGHT_FILES = {"best": BEST, "last": LAST}
 ARTIFACT_FILES = {"best": BEST, "last": LAST, "checkpoint": CHECKPOINT}
 # The best weights exported for other runtimes (GET /jobs/{id}/export), written on first request.
 EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+# A worker writes each epoch's files into its claim's own folder inside the job's (hidden: the API never
+# serves from it); they are renamed into the job's folder only while that worker still holds the job's lease
+# (worker.reporter), so a worker that lost the job never overwrites the files of the one that has it.
+ATTEMPT_PREFIX = ".attempt-"
 
 # A folder per dataset under the datasets folder: the upload until it is ingested, then the store.
 ARCHIVE = "archive"
@@ -38,6 +43,29 @@ def archive_kind(head: bytes) -> ArchiveKind | None:
 
 def job_dir(artifacts: Path, job_id: str) -> Path:
     return artifacts / job_id
+
+
+def attempt_token(lease_owner: str) -> str:
+    """The lease owner ("host:pid:nonce") as a portable folder-name part."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", lease_owner)
+
+
+def attempt_dir(job_folder: Path, lease_owner: str) -> Path:
+    """Where the claim `lease_owner` stages its epochs' files: <job folder>/.attempt-<lease token>."""
+    return job_folder / f"{ATTEMPT_PREFIX}{attempt_token(lease_owner)}"
+
+
+def staged_epoch_dir(attempt: Path, epoch: int) -> Path:
+    """One epoch's files inside an attempt folder (an epoch's files never mix with the next one's)."""
+    return attempt / f"epoch-{epoch}"
+
+
+def attempt_dirs(job_folder: Path) -> list[Path]:
+    """The attempt folders in a job's folder (a crashed or fenced-off worker's may be left over)."""
+    try:
+        return [p for p in job_folder.iterdir() if p.name.startswith(ATTEMPT_PREFIX) and p.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def dataset_dir(datasets: Path, dataset_id: str) -> Path:

@@ -46,6 +46,15 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_id(value: str) -> bool:
+    """Whether `value` has the form of our ids (new_id): anything else names nothing, and is never sent to
+    the database (which may refuse it: PostgreSQL text holds no NUL)."""
+    return len(value) == 32 and _HEX.issuperset(value)
+
+
 class Base(DeclarativeBase):
     # Named constraints, so later migrations can drop them (SQLite's batch mode needs the names).
     metadata = MetaData(naming_convention={

@@ -19,6 +19,9 @@ from spec.datasets import BUILTIN_DATASETS
 from spec.params import Params
 from spec.training import LOSSES, OPTIMIZERS, SCHEDULERS
 
+# Text a person types: no control characters (PostgreSQL cannot even store a NUL).
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+
 
 def _tagged(tag: str, entries: dict[str, Any], suffix: str, *, nested: str | None = None) -> Any:
     """A discriminated union with one member per registry entry: {tag: name, **entry params}.
@@ -124,7 +127,7 @@ class JobSpec(BaseModel):
         },
     )
 
-    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT_PATTERN)] | None = None
     dataset: DatasetSpec = Field(default_factory=BuiltinDatasetSpec)
     model: ModelSpec = _default(ModelSpec, {"arch": "mlp"})
     optimizer: OptimizerSpec = _default(OptimizerSpec, {"name": "sgd"})

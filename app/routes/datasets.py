@@ -50,6 +50,8 @@ def _options(fields: dict[str, str]) -> tuple[str, IngestOptions]:
     name = fields.get("name", "").strip()
     if not 1 <= len(name) <= 200:
         raise InvalidSpec("name: required, 1 to 200 characters")
+    if not name.isprintable():
+        raise InvalidSpec("name: no control characters")
     raw: dict[str, Any] = {k: v for k, v in fields.items() if k in OPTION_FIELDS and v.strip() != ""}
     if "skip_invalid" in raw:
         raw["skip_invalid"] = raw["skip_invalid"].strip().lower()

@@ -224,6 +224,18 @@ def test_too_many_pixels_is_413(client: TestClient, job_id: str):
     assert r.status_code == 413 and "5000x5000" in r.json()["detail"]
 
 
+def test_the_decoding_work_of_a_request_is_bounded(client: TestClient, job_id: str):
+    # Blank images compress a thousandfold: bytes alone do not bound the work of decoding them.
+    blank = io.BytesIO()
+    Image.new("L", (3000, 3000)).save(blank, format="PNG")
+    assert len(blank.getvalue()) < 50_000
+    one = post(client, job_id, [("a.png", blank.getvalue())])
+    assert one.status_code == 200, one.text
+    r = post(client, job_id, [("a.png", blank.getvalue()), ("b.png", blank.getvalue())])
+    assert r.status_code == 413, r.text
+    assert "18,000,000 pixels" in r.json()["detail"] and "TAAS_PREDICT_MAX_REQUEST_PIXELS" in r.json()["detail"]
+
+
 def test_no_files_and_no_job_id_are_422(client: TestClient, job_id: str):
     r = client.post("/predict", data={"job_id": job_id})
     assert r.status_code == 422 and any("files" in e["loc"] for e in r.json()["detail"])
