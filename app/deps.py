@@ -15,10 +15,10 @@ from app.batching import Batcher
 from app.config import Settings, get_settings
 from app.db import Database
 from app.errors import Forbidden, Unauthorized
-from app.fast_reads import FastReads
-from app.keys import find_key, principal_of
+from app.keys import principal_of
 from app.predictor import Work
 from app.rate_limits import RateKind, RateLimits
+from app.read_batching import BatchedLookup
 from app.serving import ServedModels
 
 # Declares the scheme in the OpenAPI document (the docs' Authorize button); the key is checked below.
@@ -42,12 +42,10 @@ async def get_principal(
         if not key.startswith(KEY_PREFIX) or len(key) > 128 or not key.isascii():
             raise Unauthorized("this route needs an API key: send the header 'Authorization: Bearer <key>' (keys "
                                "come from `taas keys create`, POST /keys, or the one ./taas.sh run prints)")
-        fast: FastReads | None = request.app.state.fast_reads
-        if fast is not None:  # PostgreSQL: on the event loop, batched with concurrent requests' lookups
-            principal = principal_of(await fast.key(key_hash(key)), settings)
-        else:
-            db: Database = request.app.state.db
-            principal = await db.read(lambda session: principal_of(find_key(session=session, key=key), settings))
+        # Batched with the lookups of concurrent requests (PostgreSQL: on the event loop; SQLite: one thread
+        # hop per batch).
+        lookup: BatchedLookup[str, Any] = request.app.state.key_lookup
+        principal = principal_of(await lookup.get(key_hash(key)), settings)
         if principal is None:
             raise Unauthorized("this API key is unknown or was revoked")
     assert principal is not None

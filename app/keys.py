@@ -61,6 +61,11 @@ def find_key(*, session: Session, key: str) -> ApiKey | None:
     return session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash(key)))
 
 
+def keys_by_hash(session: Session, hashes: list[str]) -> dict[str, ApiKey]:
+    """The rows of these key hashes (one query for a batch of requests' keys)."""
+    return {row.key_hash: row for row in session.scalars(select(ApiKey).where(ApiKey.key_hash.in_(hashes)))}
+
+
 def key_is_valid(*, session: Session, key: str) -> bool:
     row = find_key(session=session, key=key)
     return row is not None and row.revoked_at is None

@@ -22,10 +22,12 @@ from app.body_limit import BodyLimit
 from app.config import get_settings
 from app.db import Database
 from app.fast_reads import FastReads
+from app.keys import keys_by_hash
 from app.limits import EffectiveLimits
 from app.predictor import Predictor
 from app.queue import close_client
 from app.rate_limits import RateLimits
+from app.read_batching import BatchedLookup
 from app.request_errors import add_request_error_handlers
 from app.routes import audit, catalog, datasets, health, inference, jobs, keys, predict
 from app.security import RequestGuard, SecurityHeaders
@@ -108,6 +110,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.fast_reads = reads = FastReads(settings, async_redis) if FastReads.supports(settings) else None
     if reads is not None:
         await reads.open()
+    app.state.key_lookup = reads.keys if reads is not None else BatchedLookup(
+        lambda hashes: db.read(lambda session: keys_by_hash(session, hashes)),
+        max_in_flight=settings.db_pool_size)
     app.state.local_principal = Principal(key_id=None, owner=settings.owner, admin=True,
                                           limits=EffectiveLimits.of(settings))
     app.state.rate_limits = RateLimits(settings)

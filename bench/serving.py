@@ -35,6 +35,7 @@ from app.local import free_port
 from app.migrate import upgrade_head
 from app.tables import Job, JobStatus, utcnow
 from bench import wrk
+from bench.auth import bench_key
 from bench.tutorial_loop import NeuralNetwork
 from spec.datasets import BUILTIN_DATASETS, FASHION_CLASSES
 from spec.job import JobSpec
@@ -108,13 +109,15 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def measure(url: str, png: bytes, label: str, fields: dict[str, str], seconds: float) -> dict:
+def measure(url: str, png: bytes, label: str, fields: dict[str, str], seconds: float,
+            headers: dict[str, str] | None = None) -> dict:
     one, one_type = wrk.multipart(fields, [("files", "a.png", png)])
     many, many_type = wrk.multipart(fields, [("files", f"{i}.png", png) for i in range(64)])
     expect = f'"label":"{label}"'
 
     def load(body: bytes, content_type: str, connections: int, images: int) -> dict:
-        lua = wrk.script(method="POST", body=body, headers={"Content-Type": content_type}, expect=expect,
+        lua = wrk.script(method="POST", body=body, headers={"Content-Type": content_type, **(headers or {})},
+                         expect=expect,
                          expect_count=images)
         result = wrk.run(url + "/predict", lua, connections=connections, duration=seconds,
                          threads=min(connections, 2))
@@ -173,7 +176,8 @@ def main() -> None:
             server += ["--processes", str(args.processes)]
         taas = start(server, env, work / "taas.log", url)
         try:
-            out["taas"] = measure(url, png, label, {"job_id": job_id}, args.seconds)
+            out["taas"] = measure(url, png, label, {"job_id": job_id}, args.seconds,
+                                  bench_key(settings.database_url, settings.owner))
         finally:
             stop(taas)
 

@@ -10,6 +10,7 @@ died (their lease expired).
 import logging
 import os
 import shutil
+import time
 from typing import Any
 
 from celery import Celery, bootsteps
@@ -19,10 +20,10 @@ from kombu import Queue
 from app.config import get_settings
 from app.db import get_engine, session_scope
 from app.queue import INGEST_QUEUE, INGEST_TASK, TRAIN_TASK, queue_name
-from app.storage import dataset_dir
+from app.storage import dataset_dir, job_dir
 from worker.claims import Reaped, reap_expired, unqueue
 from worker.ingest_claims import reap_ingests
-from worker.orphans import sweep_orphan_folders
+from worker.orphans import remove_attempt_folders, sweep_attempt_folders, sweep_orphan_folders
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,25 @@ def requeue_expired() -> Reaped:
     if reaped.requeued or reaped.failed or reaped.cancelled:
         log.warning("reaper: requeued %s, failed %s, cancelled %s (their workers stopped responding)",
                     [j for j, _ in reaped.requeued], reaped.failed, reaped.cancelled)
+    # Nobody claims these again, so nobody else removes what their dead worker staged. (A requeued job's
+    # leftovers go at its next claim.)
+    for job_id in reaped.failed + reaped.cancelled:
+        remove_attempt_folders(job_dir(get_settings().artifacts_path, job_id))
     return reaped
+
+
+# Sweeping every job's folder reads the whole artifacts tree: at this pace rather than every reap.
+ATTEMPT_SWEEP_SECONDS = 600.0
+_next_attempt_sweep = 0.0
+
+
+def sweep_attempts() -> None:
+    """Remove attempt folders that no claim holds (see worker.orphans), at most every ATTEMPT_SWEEP_SECONDS."""
+    global _next_attempt_sweep
+    if time.monotonic() < _next_attempt_sweep:
+        return
+    _next_attempt_sweep = time.monotonic() + ATTEMPT_SWEEP_SECONDS
+    sweep_attempt_folders(get_settings().artifacts_path)
 
 
 def requeue_ingests() -> None:
@@ -134,7 +153,7 @@ def requeue_ingests() -> None:
 
 
 def _reap_safely() -> None:
-    for reap in (requeue_expired, requeue_ingests):
+    for reap in (requeue_expired, requeue_ingests, sweep_attempts):
         try:
             reap()
         except Exception:

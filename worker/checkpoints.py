@@ -2,6 +2,7 @@
 
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from app.storage import BEST, CHECKPOINT, LAST
+
+# The checkpoint goes last: a commit cut short never leaves a checkpoint claiming an epoch whose weights
+# did not land (a resume from the older one replays that epoch and writes them).
+PROMOTE_ORDER = (BEST, LAST, CHECKPOINT)
 
 
 def _atomic(path: Path, write: Any) -> None:
@@ -67,3 +74,23 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     return state
+
+
+def promote(staged: Path, job_dir: Path) -> list[str]:
+    """Move an epoch's staged files into job_dir, each atomically (same filesystem); returns the names moved.
+
+    Files already moved are skipped, so a commit retried after a database error finishes the job."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for name in PROMOTE_ORDER:
+        try:
+            os.replace(staged / name, job_dir / name)
+        except FileNotFoundError:
+            continue
+        moved.append(name)
+    return moved
+
+
+def discard(folder: Path) -> None:
+    """Delete staged files that must not land (ours, once the lease is lost; a dead worker's)."""
+    shutil.rmtree(folder, ignore_errors=True)

@@ -2,6 +2,9 @@
 
 A worker claims a job with one conditional UPDATE and renews the lease while it trains; a job whose lease
 expired (its worker died) is claimable again, and the reaper puts such jobs back on the queue.
+
+Which job a free worker claims is the fair choice among its queue's (claim_next), not the one its message
+named: owners share the workers, whatever order their jobs were submitted in.
 """
 
 import logging
@@ -12,13 +15,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, and_, bindparam, case, func, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from app.db import rowcount
 from app.tables import Job, JobStatus, UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
+
+# Conditional UPDATEs claim_next tries before giving up (each lost one means another worker took a job).
+CLAIM_TRIES = 5
 
 
 def new_lease_owner() -> str:
@@ -55,6 +61,23 @@ def _utc(value: datetime) -> Any:
     return bindparam(None, value, type_=UTCDateTime())
 
 
+def _claimed(lease_owner: str, lease_seconds: float, now: datetime) -> dict[str, Any]:
+    """What a claim writes into the row."""
+    return dict(
+        status=JobStatus.running,
+        lease_owner=lease_owner,
+        lease_expires_at=now + timedelta(seconds=lease_seconds),
+        attempt=Job.attempt + 1,
+        started_at=func.coalesce(Job.started_at, _utc(now)),
+        error=None,
+    )
+
+
+def _claim_of(session: Session, job_id: str, lease_owner: str) -> Claim:
+    job = session.scalars(select(Job).where(Job.id == job_id).execution_options(populate_existing=True)).one()
+    return Claim(job.id, lease_owner, job.attempt, job.max_attempts, job.spec, job.queue)
+
+
 def claim_job(*, session: Session, job_id: str, lease_owner: str, lease_seconds: float) -> Claim | None:
     """Take the job if it is queued, or running on an expired lease, with attempts left; None otherwise.
 
@@ -66,18 +89,69 @@ def claim_job(*, session: Session, job_id: str, lease_owner: str, lease_seconds:
     )
     won = rowcount(session, update(Job).where(
         Job.id == job_id, claimable, Job.attempt < Job.max_attempts, Job.cancel_requested.is_(False),
-    ).values(
-        status=JobStatus.running,
-        lease_owner=lease_owner,
-        lease_expires_at=now + timedelta(seconds=lease_seconds),
-        attempt=Job.attempt + 1,
-        started_at=func.coalesce(Job.started_at, _utc(now)),
-        error=None,
-    ))
-    if not won:
-        return None
-    job = session.scalars(select(Job).where(Job.id == job_id).execution_options(populate_existing=True)).one()
-    return Claim(job.id, lease_owner, job.attempt, job.max_attempts, job.spec, job.queue)
+    ).values(**_claimed(lease_owner, lease_seconds, now)))
+    return _claim_of(session, job_id, lease_owner) if won else None
+
+
+def _claimable_in(queue: str, job: Any) -> Any:
+    return and_(job.status == JobStatus.queued, job.queue == queue, job.attempt < job.max_attempts,
+                job.cancel_requested.is_(False))
+
+
+def fair_choice(queue: str) -> Select[str]:
+    """The id of the job a free worker of `queue` trains next, by the fair rule.
+
+    Among the queue's claimable jobs (queued, attempts left, no cancel requested): the owner with the fewest
+    running jobs (in any queue) first; among those, the owner served least recently (whose latest started_at
+    is oldest; an owner never started goes first); then that owner's oldest queued job (created_at, id). So
+    one owner's long backlog never holds another owner's first job back for more than the runs in progress."""
+    candidate = aliased(Job, name="candidate")
+    waiting = aliased(Job, name="waiting")
+    theirs = aliased(Job, name="theirs")
+    owners = (
+        select(theirs.owner.label("owner"),
+               func.sum(case((theirs.status == JobStatus.running, 1), else_=0)).label("running"),
+               func.max(theirs.started_at).label("last_started"))
+        # Only the owners with something to claim: their rows are found by the (owner, created_at) index.
+        .where(theirs.owner.in_(select(waiting.owner).where(_claimable_in(queue, waiting))))
+        .group_by(theirs.owner)
+        .subquery("owners")
+    )
+    return (
+        select(candidate.id)
+        .join(owners, owners.c.owner == candidate.owner)
+        .where(_claimable_in(queue, candidate))
+        .order_by(owners.c.running, owners.c.last_started.asc().nulls_first(), candidate.created_at, candidate.id)
+        .limit(1)
+    )
+
+
+class ClaimContended(Exception):
+    """Other workers won the fair choice every time we tried: the message should be tried again later."""
+
+
+def claim_next(*, session: Session, queue: str, lease_owner: str, lease_seconds: float,
+               tries: int = CLAIM_TRIES) -> Claim | None:
+    """Claim the fair choice of `queue`'s jobs (fair_choice); None when nothing there is claimable.
+
+    Each try is one conditional UPDATE whose WHERE holds the choice, so the choice and the claim see the same
+    rows and, of workers choosing the same job at once, exactly one gets it. A lost try means another worker
+    took that job: choose again. After `tries` lost tries, raises ClaimContended."""
+    for _ in range(tries):
+        won = session.scalar(update(Job).where(
+            Job.id == fair_choice(queue).scalar_subquery(), _claimable_in(queue, Job),
+        ).values(**_claimed(lease_owner, lease_seconds, utcnow())).returning(Job.id)
+            .execution_options(synchronize_session=False))
+        if won is not None:
+            return _claim_of(session, won, lease_owner)
+        if session.scalar(fair_choice(queue)) is None:
+            return None
+    raise ClaimContended(f"queue {queue}: other workers won the choice {tries} times in a row")
+
+
+def queue_of(session: Session, job_id: str) -> str | None:
+    """The queue job_id waits in (None: no such job, e.g. deleted since its message was sent)."""
+    return session.scalar(select(Job.queue).where(Job.id == job_id))
 
 
 def _held(job_id: str, lease_owner: str) -> Any:
@@ -134,12 +208,15 @@ def reap_expired(*, session: Session, resend_after_seconds: float | None = None)
         sent_before = _utc(now - timedelta(seconds=resend_after_seconds))
         stale = and_(Job.status == JobStatus.queued, Job.lease_owner.is_(None),
                      func.coalesce(Job.enqueued_at, Job.created_at) < sent_before)
-        for job_id, queue in session.execute(select(Job.id, Job.queue).where(stale)).all():
+        for job_id, queue in session.execute(select(Job.id, Job.queue).where(stale).with_for_update(
+                skip_locked=True)).all():
             if rowcount(session, update(Job).where(Job.id == job_id, stale).values(enqueued_at=now)):
                 reaped.resent.append((job_id, queue))
     expired = and_(Job.status == JobStatus.running, Job.lease_expires_at < now)
+    # SKIP LOCKED (PostgreSQL): a row locked by a worker frozen inside a transaction (SIGSTOP, a partition)
+    # is left for a later reap; waiting for it would stall this worker's event loop, which runs the reaper.
     rows = session.execute(select(Job.id, Job.queue, Job.attempt, Job.max_attempts, Job.cancel_requested)
-                           .where(expired)).all()
+                           .where(expired).with_for_update(skip_locked=True)).all()
     for job_id, queue, attempt, max_attempts, cancel_requested in rows:
         base = update(Job).where(Job.id == job_id, expired)
         if cancel_requested:

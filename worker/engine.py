@@ -148,7 +148,8 @@ def train_one_epoch(model: nn.Module, batches: Batches, loss_fn: LossFn, optimiz
             scheduler.step()
 
         buffer.add(loss)
-        if (batch + 1) % reporting.stop_check_batches == 0 and hooks.should_stop():
+        # Counted in global steps, so that epochs shorter than stop_check_batches still poll.
+        if (first_step + batch + 1) % reporting.stop_check_batches == 0 and hooks.should_stop():
             stopped = True
             break
     buffer.flush()
@@ -220,23 +221,44 @@ def fit(t: Training, *, epochs: int, job_dir: Path, hooks: Hooks | None = None,
 
         # The best state_dict by validation loss, else by test loss (no validation split).
         watched = val_loss if val_loss is not None else test_loss
-        if best_loss is None or watched < best_loss:
+        improved = best_loss is None or watched < best_loss
+        if improved:
             best_epoch, best_loss = epoch, watched
-            save_weights(t.model, job_dir / BEST)
-        save_weights(t.model, job_dir / LAST)
+        _save_epoch(t, metrics, _checkpoint(t, epoch, step, best_epoch, best_loss, history), improved=improved,
+                    job_dir=job_dir, hooks=hooks)
+    return FitResult("completed", history, best_epoch, best_loss, step, str(t.device))
+
+
+def _save_epoch(t: Training, metrics: EpochMetrics, state: dict[str, Any], *, improved: bool, job_dir: Path,
+                hooks: Hooks) -> None:
+    """Write the epoch's weights (best only if it improved) and checkpoint, and report the epoch."""
+    files = hooks.staging_dir(job_dir, metrics.epoch) or job_dir
+    if improved:
+        save_weights(t.model, files / BEST)
+    save_weights(t.model, files / LAST)
+    if files == job_dir:
         # Report before the checkpoint: a crash in between replays this epoch (the reporter upserts),
         # whereas the other order could lose the epoch's metrics for good.
         hooks.on_epoch(metrics, job_dir)
-        save_checkpoint(ckpt_path, {
-            "model": t.model.state_dict(),
-            "optimizer": t.optimizer.state_dict(),
-            "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
-            "epoch": epoch,
-            "step": step,
-            "rng": rng_state(t.generator, t.device, t.augment_generator),
-            "best_epoch": best_epoch,
-            "best_loss": best_loss,
-            "history": json.dumps([asdict(m) for m in history]),
-            "config": json.dumps(t.config),
-        })
-    return FitResult("completed", history, best_epoch, best_loss, step, str(t.device))
+        save_checkpoint(job_dir / CHECKPOINT, state)
+    else:
+        # Staged: nothing is in place until the hooks commit the three files with the epoch's metrics.
+        save_checkpoint(files / CHECKPOINT, state)
+        hooks.on_epoch(metrics, files)
+
+
+def _checkpoint(t: Training, epoch: int, step: int, best_epoch: int | None, best_loss: float | None,
+                history: list[EpochMetrics]) -> dict[str, Any]:
+    """The resumable state after `epoch` (tensors and plain values only: loadable with weights_only)."""
+    return {
+        "model": t.model.state_dict(),
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
+        "epoch": epoch,
+        "step": step,
+        "rng": rng_state(t.generator, t.device, t.augment_generator),
+        "best_epoch": best_epoch,
+        "best_loss": best_loss,
+        "history": json.dumps([asdict(m) for m in history]),
+        "config": json.dumps(t.config),
+    }

@@ -48,6 +48,8 @@ class Heartbeat:
             self._poll_cancel()
             if time.monotonic() >= next_renewal:
                 self._renew()
+                if self.lease_lost:  # for good: nothing left to renew or to watch
+                    return
                 next_renewal = time.monotonic() + self.settings.heartbeat_seconds
             if self._done.wait(self.settings.cancel_poll_seconds):
                 return

@@ -52,8 +52,17 @@ class Hooks:
     def on_losses(self, chunk: LossChunk) -> None:
         """A chunk of per-batch losses, in step order, each step exactly once per run."""
 
+    def staging_dir(self, job_dir: Path, epoch: int) -> Path | None:
+        """Where fit() writes `epoch`'s files (best if improved, last, checkpoint): None, in job_dir itself; or an
+        empty folder on job_dir's filesystem, whose files are then the hooks' to move into job_dir (a rename,
+        worker.checkpoints.promote) or delete. The service's Reporter stages them so that only the holder of
+        the job's lease commits them (a worker that lost the job to another writes nothing); a resume reads
+        job_dir, which holds only what was committed."""
+        return None
+
     def on_epoch(self, metrics: EpochMetrics, checkpoint_dir: Path) -> None:
-        """After the epoch's weights (best/last) were written and before its resumable checkpoint is.
+        """After the epoch's weights (best/last) were written: in job_dir, before its resumable checkpoint is;
+        staged (staging_dir), after the checkpoint too, in `checkpoint_dir`, the staging folder.
 
         If the process dies before the checkpoint lands, the resumed run replays this epoch and calls
         on_epoch for it again: record idempotently (the service's Reporter drops rows past the resume point)."""

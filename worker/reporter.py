@@ -4,6 +4,19 @@ Both kinds of I/O run on their own threads, in order, off the training thread. T
 a contiguous prefix of the job's steps (written per epoch, and the rest at the end), so the losses survive
 a Redis flush; the stream holds the live tail. A resumed attempt first drops what the dead one left past
 its checkpoint, so replayed steps are written once, fresh.
+
+Only the lease holder's writes land. Every database transaction first checks and locks the lease
+(holds_lease); the stream refuses appends unless the job's lease key names us (app.loss_stream); and an
+epoch's files, staged by the engine in our attempt folder, are renamed into the job's folder inside the
+transaction that records the epoch. A worker that lost the job (frozen past its lease, partitioned) fails
+those checks, deletes its staged files and stops.
+
+Why the file commit rides on the epoch's own transaction, on the writer thread, rather than making the
+training thread wait for it: the files and the epoch's metrics and losses then land together or not at all,
+and training never waits on the database (one rename per file per epoch, nothing per batch). The engine
+stages each epoch in a folder of its own, so the next epoch's files never overwrite ones still waiting to be
+committed, and a resume reads only committed files. How far a worker can run ahead of its commits is bounded
+by its lease: a worker cut off from the database stops once its lease may have expired (worker.heartbeat).
 """
 
 import logging
@@ -22,11 +35,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from app import storage
 from app.config import Settings
 from app.db import session_scope
-from app.loss_stream import LossRecord, LossStream, stream_key
+from app.loss_stream import LossRecord, LossStream, StreamFenced, stream_key
 from app.storage import ARTIFACT_FILES
 from app.tables import Artifact, EpochMetric, Job, LossPoint
+from worker.checkpoints import discard, promote
 from worker.claims import holds_lease
 from worker.hooks import EpochMetrics, Hooks, LossChunk, RunInfo
 
@@ -92,7 +107,17 @@ class _Epoch:
     chunks: list[LossChunk]
     metrics: EpochMetrics | None  # None: the losses of an unfinished epoch (a run that stopped or failed)
     next_step: int
-    job_dir: Path | None
+    job_dir: Path | None  # where the job's files are (indexed in artifacts when the epoch is recorded)
+    staged: Path | None = None  # the epoch's files, to move into job_dir when the epoch is recorded
+
+
+def remove_attempt(job_dir: Path, lease_owner: str) -> None:
+    """Delete a claim's attempt folder, and the job's folder if that leaves it empty (a deleted job's)."""
+    discard(storage.attempt_dir(job_dir, lease_owner))
+    try:
+        job_dir.rmdir()
+    except OSError:
+        pass  # not empty (the usual case), or gone
 
 
 class Reporter(Hooks):
@@ -111,6 +136,7 @@ class Reporter(Hooks):
         self._redis_queue: queue.SimpleQueue[LossChunk | None] = queue.SimpleQueue()
         self._db_queue: queue.SimpleQueue[_Epoch | None] = queue.SimpleQueue()
         self._deadline: float | None = None  # set by close(): writers give up retrying after it
+        self._job_dir: Path | None = None  # the engine's, once it asked for a staging folder
         self._threads = [
             threading.Thread(target=self._write_stream, name=f"losses-{job_id}", daemon=True),
             threading.Thread(target=self._write_db, name=f"db-{job_id}", daemon=True),
@@ -127,24 +153,25 @@ class Reporter(Hooks):
 
     # Hooks, called on the training thread.
 
+    def staging_dir(self, job_dir: Path, epoch: int) -> Path:
+        self._job_dir = job_dir
+        return self._staged(job_dir, epoch)
+
+    def _staged(self, job_dir: Path, epoch: int) -> Path:
+        return storage.staged_epoch_dir(storage.attempt_dir(job_dir, self.lease_owner), epoch)
+
     def on_start(self, info: RunInfo) -> None:
         """Once, before the first batch: clear what a previous attempt left past our starting step."""
         self.info = info
         self._next_step = info.start_step
-        try:
-            dropped = drop_stream_tail(self.client, self.job_id, info.start_step)
-        except RedisError as e:
-            log.warning("job %s: could not clear the loss stream past step %d: %s", self.job_id,
-                        info.start_step, e)
-            dropped = 0
-        if info.start_step or dropped:
-            log.info("job %s: resuming at epoch %d, step %d (%d stale stream entries dropped)",
-                     self.job_id, info.start_epoch, info.start_step, dropped)
         backoff = 0.5
         while True:
             try:
                 with session_scope() as session:
-                    self._prepare_db(session, info)
+                    dropped = self._prepare_db(session, info)
+                if info.start_step or dropped:
+                    log.info("job %s: resuming at epoch %d, step %d (%d stale stream entries dropped)",
+                             self.job_id, info.start_epoch, info.start_step, dropped)
                 return
             except LeaseLost:
                 self.lease_lost = True
@@ -164,7 +191,11 @@ class Reporter(Hooks):
 
     def on_epoch(self, metrics: EpochMetrics, checkpoint_dir: Path) -> None:
         chunks, self._chunks = self._chunks, []
-        self._db_queue.put(_Epoch(chunks, metrics, self._next_step, checkpoint_dir))
+        if self._job_dir is not None and checkpoint_dir == self._staged(self._job_dir, metrics.epoch):
+            work = _Epoch(chunks, metrics, self._next_step, self._job_dir, staged=checkpoint_dir)
+        else:  # the files are in place already (a caller that does not stage)
+            work = _Epoch(chunks, metrics, self._next_step, checkpoint_dir)
+        self._db_queue.put(work)
 
     def should_stop(self) -> bool:
         # Flags only: the heartbeat thread sets _stop (cancel, lost lease); the writers set lease_lost.
@@ -184,6 +215,8 @@ class Reporter(Hooks):
             thread.join(timeout=max(self._deadline - time.monotonic(), 0) + 5)
         if any(thread.is_alive() for thread in self._threads):
             raise TimeoutError(f"job {self.job_id}: losses not written within {timeout:.0f} s")
+        if self._job_dir is not None:  # what was staged and not committed must never land
+            remove_attempt(self._job_dir, self.lease_owner)
         if self.db_error is not None:
             raise self.db_error
 
@@ -191,7 +224,7 @@ class Reporter(Hooks):
 
     def _write_stream(self) -> None:
         pending: list[LossRecord] = []
-        closing, failing, backoff = False, False, 0.2
+        closing, failing, backoff, fenced_off = False, False, 0.2, False
         while True:
             items = [] if pending else [self._redis_queue.get()]
             while True:  # everything that piled up goes in one round trip
@@ -202,12 +235,16 @@ class Reporter(Hooks):
             for chunk in items:
                 if chunk is None:
                     closing = True
-                else:
+                elif not fenced_off:
                     pending.extend(records_of(chunk))
             try:
-                self.stream.append(self.job_id, pending)
+                self._append(pending)
                 pending, failing, backoff = [], False, 0.2
-            except RedisError as e:
+            except LeaseLost:
+                log.warning("job %s: lease lost; the loss stream refused %d losses, and takes no more from us",
+                            self.job_id, len(pending))
+                self.lease_lost, fenced_off, pending = True, True, []
+            except (RedisError, StreamFenced, SQLAlchemyError) as e:
                 # The database gets these losses at the end of the epoch; the stream catches up on retry.
                 if not failing:
                     log.warning("job %s: loss stream write failed, retrying: %s", self.job_id, e)
@@ -221,13 +258,38 @@ class Reporter(Hooks):
             if closing and not pending:
                 return
 
+    def _append(self, records: list[LossRecord]) -> None:
+        """Append as the lease holder; raises LeaseLost when the database says we no longer are."""
+        try:
+            self.stream.append_fenced(self.job_id, records, lease_owner=self.lease_owner)
+            return
+        except StreamFenced:
+            pass
+        # Refused: the lease key is missing (Redis lost it) or names another owner. Only the database knows
+        # who holds the job: prove it with the row locked, set the key before unlocking, and write again.
+        # A second refusal (the key vanished again at once) is retried like a Redis error.
+        with session_scope() as session:
+            self._check_lease(session)
+            self.stream.fence(self.job_id, self.lease_owner)
+        log.info("job %s: loss stream lease key set again (it was missing or stale)", self.job_id)
+        self.stream.append_fenced(self.job_id, records, lease_owner=self.lease_owner)
+
     def _write_db(self) -> None:
+        discarding = False
         while True:
             work = self._db_queue.get()
             if work is None:
                 return
             if self.lease_lost or self.db_error is not None:
-                continue  # a later epoch alone would leave a gap: write nothing after a failure
+                # A later epoch alone would leave a gap: write nothing after a failure, land no file.
+                if work.staged is not None:
+                    if not discarding:
+                        log.warning("job %s: epoch %s not recorded, its files discarded (%s), and those of any "
+                                    "later epoch", self.job_id, work.metrics.epoch if work.metrics else "tail",
+                                    "lease lost" if self.lease_lost else "database writes failed")
+                    discarding = True
+                    discard(work.staged)
+                continue
             backoff = 0.5
             while True:
                 try:
@@ -235,8 +297,11 @@ class Reporter(Hooks):
                         self._persist(session, work)
                     break
                 except LeaseLost:
-                    log.warning("job %s: lease lost; not recording epoch %s", self.job_id,
-                                work.metrics.epoch if work.metrics else "tail")
+                    log.warning("job %s: lease lost; not recording epoch %s%s", self.job_id,
+                                work.metrics.epoch if work.metrics else "tail",
+                                ", its files discarded" if work.staged is not None else "")
+                    if work.staged is not None:
+                        discard(work.staged)
                     self.lease_lost = True
                     break
                 except Exception as e:  # any error: a dead writer must not look like one that finished
@@ -255,8 +320,16 @@ class Reporter(Hooks):
         if not holds_lease(session=session, job_id=self.job_id, lease_owner=self.lease_owner):
             raise LeaseLost(self.job_id)
 
-    def _prepare_db(self, session: Session, info: RunInfo) -> None:
+    def _prepare_db(self, session: Session, info: RunInfo) -> int:
+        """Returns how many stream entries past our start it dropped."""
         self._check_lease(session)
+        # Under the row lock: nobody can take the job (and start a stream of its own) until we commit.
+        try:
+            dropped = drop_stream_tail(self.client, self.job_id, info.start_step)
+        except RedisError as e:
+            log.warning("job %s: could not clear the loss stream past step %d: %s", self.job_id,
+                        info.start_step, e)
+            dropped = 0
         self._backfill(session, info.start_step)
         # Epochs the checkpoint covers whose rows the dead attempt never committed (it writes them after
         # handing them over, possibly after the checkpoint was saved).
@@ -268,6 +341,7 @@ class Reporter(Hooks):
         session.execute(update(Job).where(Job.id == self.job_id).values(
             device=info.device, total_steps=info.total_steps, epoch=info.start_epoch - 1,
             step=info.start_step))
+        return dropped
 
     def _backfill(self, session: Session, start_step: int) -> None:
         """Steps the checkpoint covers but the database lacks (the last worker died before writing them)."""
@@ -298,6 +372,12 @@ class Reporter(Hooks):
             insert_ignore(session, EpochMetric, [_metric_row(self.job_id, work.metrics)])
             progress["epoch"] = work.metrics.epoch
         session.execute(update(Job).where(Job.id == self.job_id).values(**progress))
+        if work.staged is not None and work.job_dir is not None:
+            # Last before the commit, with the row locked since _check_lease: no other worker can hold the
+            # job while the files move. Should the commit fail after the move, the files are ours from a
+            # moment we held the lease, and the epoch is recorded again on retry (or replayed on resume).
+            promote(work.staged, work.job_dir)
+            discard(work.staged)
         if work.job_dir is not None:
             record_artifacts(session, self.job_id, work.job_dir)
 

@@ -26,6 +26,7 @@ from app.config import Settings, get_settings
 from app.db import session_scope
 from app.keys import create_key
 from app.limits import Limits
+from app.loss_stream import cancel_key, lease_key, stream_key
 from app.main import create_app
 from app.tables import Job, JobStatus, utcnow
 from models import build_model
@@ -92,7 +93,7 @@ def cleanup(env: ApiEnv, redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     try:
         keys = list(client.scan_iter(match=f"*{env.settings.queue_prefix}*", count=1000))
-        keys += [f"taas:job:{i}:{kind}" for i in ids for kind in ("loss", "cancel")]
+        keys += [key(i) for i in ids for key in (stream_key, cancel_key, lease_key)]
         if keys:
             client.delete(*keys)
     finally:

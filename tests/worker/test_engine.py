@@ -94,6 +94,14 @@ def test_stop_is_checked_every_few_batches(settings: Settings, tmp_path: Path):
     assert not (tmp_path / "j" / CHECKPOINT).exists()
 
 
+def test_stop_is_checked_in_epochs_shorter_than_the_check_interval(settings: Settings, tmp_path: Path):
+    rec = Recorder(stop_after_batches=1)
+    s = settings.model_copy(update={"loss_flush_batches": 1, "stop_check_batches": 6})
+    result = run_job(spec(batch_size=128, epochs=5), tmp_path / "j", settings=s, hooks=rec)  # 4 per epoch
+    assert result.status == "stopped" and len(rec.losses) == 6  # in epoch 2, not after all 20 batches
+    assert [m.epoch for m in rec.epochs] == [1]
+
+
 class _WeightsPerEpoch(Recorder):
     def __init__(self) -> None:
         super().__init__()

@@ -19,9 +19,10 @@ from sqlalchemy import delete, select, update
 from app.config import Settings, get_settings
 from app.db import new_session, session_scope
 from app.jobs import cancel_job, create_job
-from app.loss_stream import LossRecord, LossStream, cancel_key, stream_key
+from app.loss_stream import LossRecord, LossStream, cancel_key, lease_key, stream_key
 from app.migrate import upgrade_head
 from app.queue import enqueue_training, queue_name
+from app.storage import attempt_dir, attempt_dirs, staged_epoch_dir
 from app.tables import Artifact, EpochMetric, Job, JobStatus, LossPoint, utcnow
 from spec.job import JobSpec
 from tests.app.harness import reset_caches
@@ -101,7 +102,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, redis_url
             with new_session() as session:
                 ids = list(session.scalars(select(Job.id).where(Job.owner == f"test-{tag}")))
             keys = list(client.scan_iter(match=f"*taas-test-{tag}-*", count=1000))
-            keys += [k for i in ids for k in (stream_key(i), cancel_key(i))]
+            keys += [k for i in ids for k in (stream_key(i), cancel_key(i), lease_key(i))]
             if keys:
                 client.delete(*keys)
             client.close()
@@ -138,8 +139,12 @@ def test_job_succeeds_with_every_loss_once(stack: Stack) -> None:
     assert set(artifacts) == {"best", "last", "checkpoint"}
     for kind, artifact in artifacts.items():
         assert Path(artifact.path).stat().st_size == artifact.size_bytes > 0, kind
-    assert Path(result["weights"]["best"]) == Path(artifacts["best"].path)
-    assert not stack.client.exists(cancel_key(job_id))
+    # No server paths in what the API answers: the weights are served by GET /jobs/{id}/weights.
+    assert "weights" not in result
+    assert not [v for v in result.values() if isinstance(v, (str, dict, list)) and "/" in str(v)], result
+    assert not stack.client.exists(cancel_key(job_id), lease_key(job_id))
+    # The epochs were staged per attempt and committed: nothing staged is left behind.
+    assert not attempt_dirs(stack.settings.artifacts_path / job_id)
 
 
 def test_duplicate_delivery_trains_once(stack: Stack) -> None:
@@ -149,7 +154,7 @@ def test_duplicate_delivery_trains_once(stack: Stack) -> None:
     job = stack.wait_status(job_id, JobStatus.succeeded, JobStatus.failed, timeout=60)
     assert job.status == JobStatus.succeeded, job.error
     assert job.attempt == 1
-    wait_for(lambda: f"job {job_id} not claimed" in stack.worker.log(), timeout=30,
+    wait_for(lambda: f"message of job {job_id}: nothing to claim" in stack.worker.log(), timeout=30,
              what="the second delivery to be skipped")
     assert stack.worker.log().count(f"job {job_id} claimed") == 1
     assert [p.step for p in stack.db_losses(job_id)] == list(range(2 * STEPS_PER_EPOCH))
@@ -177,8 +182,9 @@ def test_missing_dataset_fails_with_a_readable_reason(stack: Stack) -> None:
     job = stack.wait_status(job_id, JobStatus.failed, JobStatus.succeeded, timeout=30)
     assert job.status == JobStatus.failed
     assert job.error is not None
-    assert job.error.startswith("dataset 'mnist' not found under") and "TAAS_DATA_DOWNLOAD" in job.error
-    assert "Traceback" not in job.error
+    assert job.error.startswith("dataset 'mnist' not found under <data> (expected MNIST/raw/")
+    assert "TAAS_DATA_DOWNLOAD" in job.error and "Traceback" not in job.error
+    assert str(stack.settings.data_path) not in job.error  # no server path in an answer
     assert f"job {job_id} failed: dataset 'mnist' not found" in stack.worker.log()
     assert job.attempt == 1 and job.lease_owner is None
 
@@ -246,6 +252,10 @@ def test_expired_lease_is_resumed_without_gaps_or_duplicates(stack: Stack) -> No
         session.execute(delete(LossPoint).where(LossPoint.job_id == job_id, LossPoint.step >= 40))
         session.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id))
         session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    # It had staged epoch 2's files too, never committed (garbage here): they must not break the resume.
+    leftover = staged_epoch_dir(attempt_dir(stack.settings.artifacts_path / job_id, dead_owner), 2)
+    leftover.mkdir(parents=True)
+    (leftover / "checkpoint.pt").write_bytes(b"not a checkpoint")
 
     # The worker's reaper requeues it; attempt 2 resumes from the checkpoint.
     job = stack.wait_status(job_id, JobStatus.succeeded, JobStatus.failed, timeout=60)
@@ -271,3 +281,34 @@ def test_expired_lease_is_resumed_without_gaps_or_duplicates(stack: Stack) -> No
                                       .order_by(EpochMetric.epoch)))
     assert epochs == [1, 2]
     assert f"job {job_id}: resuming at epoch 2, step {STEPS_PER_EPOCH}" in stack.worker.log()
+    assert not attempt_dirs(stack.settings.artifacts_path / job_id)
+    assert f"job {job_id}: removing {leftover.parent.name} left by an earlier attempt" in stack.worker.log()
+
+
+def test_failure_messages_keep_no_server_path(tmp_path: Path) -> None:
+    from worker.tasks import scrub_paths
+
+    state = tmp_path / "srv" / "taas"
+    settings = Settings(state_dir=state, artifacts_dir=state / "artifacts", datasets_dir=state / "datasets",
+                        data_root=tmp_path / "shared" / "data")
+    job = state / "artifacts" / ("a" * 32)
+    messages = {
+        f"FileNotFoundError: [Errno 2] No such file or directory: '{job}/checkpoint.pt'":
+            f"FileNotFoundError: [Errno 2] No such file or directory: '<artifacts>/{'a' * 32}/checkpoint.pt'",
+        f"dataset 'mnist' not found under {tmp_path / 'shared' / 'data'} (expected MNIST/raw/ in torchvision's "
+        "layout)": "dataset 'mnist' not found under <data> (expected MNIST/raw/ in torchvision's layout)",
+        f"PermissionError: {state}/taas.db is read-only.": "PermissionError: <state>/taas.db is read-only.",
+        f"OSError: {state}2/other": "OSError: <path>",  # a sibling of a configured folder is not inside it
+        "RuntimeError: cannot import /usr/lib/python3/dist-packages/x.py (see /opt/y)":
+            "RuntimeError: cannot import <path> (see <path>)",
+        r"OSError: C:\Users\taas\data\x.bin missing": "OSError: <path> missing",
+        # Not paths: ratios, units, fractions of a name, URLs' paths, relative paths the user gave.
+        "step 3/10 at 2.5 it/s, loss/accuracy, redis://127.0.0.1:6379/0, FashionMNIST/raw/ missing":
+            "step 3/10 at 2.5 it/s, loss/accuracy, redis://127.0.0.1:6379/0, FashionMNIST/raw/ missing",
+    }
+    for message, scrubbed in messages.items():
+        assert scrub_paths(message, settings) == scrubbed
+    # The relative default (.taas) is scrubbed in its resolved, absolute spelling.
+    relative = Settings(state_dir=Path(".taas"), artifacts_dir=Path(".taas/artifacts"),
+                        datasets_dir=Path(".taas/datasets"), data_root=Path(".taas/data"))
+    assert scrub_paths(f"x: {Path('.taas').resolve()}/artifacts/j", relative) == "x: <artifacts>/j"
