@@ -23,7 +23,8 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        # A GET or HEAD body is never read by any route: nothing to count.
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "").removeprefix(scope.get("root_path", ""))

@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     predict_max_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     predict_max_files: int = Field(default=64, ge=1)
     predict_cache_size: int = Field(default=8, ge=1)
+    # And at most this many bytes of their weights (the newest one is kept whatever its size).
+    predict_cache_bytes: int = Field(default=2 << 30, ge=0)
     # Larger images are refused before decoding (a small PNG can decode to gigabytes).
     predict_max_pixels: int = Field(default=4096 * 4096, ge=1)
     # And all images of one request together, read from their headers before any is decoded.

@@ -24,9 +24,11 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, pre_ping: bool = True) -> Engine:
+def make_engine(url: str, *, pre_ping: bool = True, lock_timeout_seconds: float | None = None) -> Engine:
     """pre_ping tests each connection with a round trip as it leaves the pool: the workers' way (a stale
-    connection after a database restart never fails their writes). The API goes without (app.db.Database)."""
+    connection after a database restart never fails their writes). The API goes without (app.db.Database).
+    lock_timeout_seconds bounds a statement's wait for a row lock (PostgreSQL), e.g. a job's row held by a
+    worker frozen inside its transaction: then 503 with Retry-After, not a request that hangs."""
     url = normalize_url(url)
     settings = get_settings()
     # A checkout that waits longer than pool_timeout raises (503 with Retry-After, app.main); routes never
@@ -46,7 +48,10 @@ def make_engine(url: str, *, pre_ping: bool = True) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=pre_ping, **pool)
+    connect_args = {}
+    if lock_timeout_seconds is not None:
+        connect_args["options"] = f"-c lock_timeout={int(lock_timeout_seconds * 1000)}"
+    return create_engine(url, pool_pre_ping=pre_ping, connect_args=connect_args, **pool)
 
 
 @lru_cache
@@ -107,7 +112,9 @@ class Database:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Database":
-        return cls(make_engine(settings.database_url, pre_ping=False), capacity=pool_capacity(settings),
+        return cls(make_engine(settings.database_url, pre_ping=False,
+                               lock_timeout_seconds=settings.db_pool_timeout_seconds),
+                   capacity=pool_capacity(settings),
                    wait_seconds=settings.db_pool_timeout_seconds)
 
     async def run(self, fn: Callable[[Session], T]) -> T:

@@ -38,18 +38,29 @@ async def get_principal(
     if not settings.auth:
         principal: Principal | None = request.app.state.local_principal
     else:
-        key = credentials.credentials.strip() if credentials is not None else ""
-        if not key.startswith(KEY_PREFIX) or len(key) > 128 or not key.isascii():
-            raise Unauthorized("this route needs an API key: send the header 'Authorization: Bearer <key>' (keys "
-                               "come from `taas keys create`, POST /keys, or the one ./taas.sh run prints)")
-        # Batched with the lookups of concurrent requests (PostgreSQL: on the event loop; SQLite: one thread
-        # hop per batch).
+        # Batched with the lookups of concurrent requests (PostgreSQL and SQLite: on the event loop).
         lookup: BatchedLookup[str, Any] = request.app.state.key_lookup
-        principal = principal_of(await lookup.get(key_hash(key)), settings)
-        if principal is None:
-            raise Unauthorized("this API key is unknown or was revoked")
-    assert principal is not None
-    request.state.principal = principal  # for the audit log (app.audit)
+        principal = principal_of(await lookup.get(key_hash(presented_key(credentials))), settings)
+    return authenticated(request, principal)
+
+
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def presented_key(credentials: HTTPAuthorizationCredentials | None) -> str:
+    """The API key of the request's Authorization header; Unauthorized when there is none that could be one."""
+    key = credentials.credentials.strip() if credentials is not None else ""
+    if not key.startswith(KEY_PREFIX) or len(key) > 128 or not key.isascii():
+        raise Unauthorized("this route needs an API key: send the header 'Authorization: Bearer <key>' (keys "
+                           "come from `taas keys create`, POST /keys, or the one ./taas.sh run prints)")
+    return key
+
+
+def authenticated(request: Request, principal: Principal | None) -> Principal:
+    """The request's principal, kept for the audit log (app.audit); Unauthorized for a key not found."""
+    if principal is None:
+        raise Unauthorized("this API key is unknown or was revoked")
+    request.state.principal = principal
     return principal
 
 
@@ -67,12 +78,17 @@ async def get_admin(principal: PrincipalDep) -> Principal:
     return principal
 
 
+async def count_rate(request: Request, principal: Principal, kind: RateKind) -> None:
+    """Count the request against the key's rate of `kind` (429 when over it)."""
+    limits: RateLimits = request.app.state.rate_limits
+    await limits.hit(principal, kind)
+
+
 def rate_limited(kind: RateKind) -> Any:
-    """A route dependency counting the request against the key's rate of `kind` (429 when over it)."""
+    """A route dependency: count_rate for `kind`."""
 
     async def count(request: Request, principal: PrincipalDep) -> None:
-        limits: RateLimits = request.app.state.rate_limits
-        await limits.hit(principal, kind)
+        await count_rate(request, principal, kind)
 
     return Depends(count)
 

@@ -53,8 +53,8 @@ def principal_of(row: ApiKey | None, settings: Settings) -> Principal | None:
     """Who a key row authenticates: None when there is no row or it was revoked."""
     if row is None or row.revoked_at is not None:
         return None
-    limits = Limits.model_validate(row.limits) if row.limits else None
-    return Principal(key_id=row.id, owner=row.owner, admin=row.admin, limits=EffectiveLimits.of(settings, limits))
+    return Principal(key_id=row.id, owner=row.owner, admin=row.admin,
+                     limits=EffectiveLimits.of_stored(settings, row.limits))
 
 
 def find_key(*, session: Session, key: str) -> ApiKey | None:

@@ -4,7 +4,7 @@ Kinds of limit: how many jobs may wait or run (active_jobs), how many bytes of d
 how many expensive requests per key (submit_rate, predict_rate, kept in Redis so every API process shares
 them), and how big one job may be (job_params, job_memory_bytes, job_epochs, job_attempts)."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import limits
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -64,6 +64,20 @@ class EffectiveLimits(BaseModel):
     def of(cls, settings: Settings, overrides: Limits | None = None) -> "EffectiveLimits":
         given = overrides.model_dump(exclude_none=True) if overrides is not None else {}
         return cls(**{name: given.get(name, getattr(settings, f"limit_{name}")) for name in cls.model_fields})
+
+    @classmethod
+    def of_stored(cls, settings: Settings, stored: dict[str, Any] | None) -> "EffectiveLimits":
+        """of() for a key row's limits column, remembered per distinct value (it is read on every request)."""
+        cache_key = (id(settings), tuple(sorted((stored or {}).items())))
+        found = _EFFECTIVE.get(cache_key)
+        if found is None:
+            if len(_EFFECTIVE) > 1024:
+                _EFFECTIVE.clear()
+            found = _EFFECTIVE[cache_key] = cls.of(settings, Limits.model_validate(stored) if stored else None)
+        return found
+
+
+_EFFECTIVE: dict[tuple[int, tuple[tuple[str, Any], ...]], EffectiveLimits] = {}
 
 
 def setting_name(limit: str) -> str:

@@ -9,6 +9,7 @@ import redis.asyncio
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from psycopg.errors import LockNotAvailable
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
@@ -21,7 +22,7 @@ from app.batching import Batcher
 from app.body_limit import BodyLimit
 from app.config import get_settings
 from app.db import Database
-from app.fast_reads import FastReads
+from app.fast_reads import FastReads, SqliteKeys
 from app.keys import keys_by_hash
 from app.limits import EffectiveLimits
 from app.predictor import Predictor
@@ -30,7 +31,7 @@ from app.rate_limits import RateLimits
 from app.read_batching import BatchedLookup
 from app.request_errors import add_request_error_handlers
 from app.routes import audit, catalog, datasets, health, inference, jobs, keys, predict
-from app.security import RequestGuard, SecurityHeaders
+from app.security import Guard
 from app.serving import ServedModels
 
 # The one place where domain errors become HTTP statuses.
@@ -75,6 +76,9 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(getattr(exc, "orig", None), LockNotAvailable):
+        return error_response(request, "this object is being written (a worker holds it) and was not free within "
+                              "the server's lock timeout; retry after the time in the Retry-After header", 503)
     return error_response(request, "the database is unreachable; try again shortly", 503)
 
 
@@ -110,16 +114,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.fast_reads = reads = FastReads(settings, async_redis) if FastReads.supports(settings) else None
     if reads is not None:
         await reads.open()
-    app.state.key_lookup = reads.keys if reads is not None else BatchedLookup(
-        lambda hashes: db.read(lambda session: keys_by_hash(session, hashes)),
-        max_in_flight=settings.db_pool_size)
+    sqlite_path = SqliteKeys.path_of(settings)
+    sqlite_keys = SqliteKeys(sqlite_path) if reads is None and sqlite_path is not None else None
+    if reads is not None:
+        app.state.key_lookup = reads.keys
+    elif sqlite_keys is not None:
+        app.state.key_lookup = BatchedLookup(sqlite_keys.fetch, max_in_flight=1)
+    else:
+        app.state.key_lookup = BatchedLookup(lambda hashes: db.read(lambda session: keys_by_hash(session, hashes)),
+                                             max_in_flight=settings.db_pool_size)
     app.state.local_principal = Principal(key_id=None, owner=settings.owner, admin=True,
                                           limits=EffectiveLimits.of(settings))
     app.state.rate_limits = RateLimits(settings)
     predictor = Predictor(artifacts=settings.artifacts_path, max_pixels=settings.predict_max_pixels,
                           max_request_pixels=settings.predict_max_request_pixels, threads=settings.predict_threads)
     app.state.served = ServedModels(predictor=predictor, db=db, capacity=settings.predict_cache_size,
-                                    recheck_seconds=settings.predict_recheck_seconds)
+                                    recheck_seconds=settings.predict_recheck_seconds,
+                                    max_bytes=settings.predict_cache_bytes)
     app.state.batcher = batcher = Batcher(
         predictor.run, max_batch=settings.predict_batch_max_images,
         max_delay=settings.predict_batch_max_delay_ms / 1000, max_queue=settings.predict_queue_max_images)
@@ -135,6 +146,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.db = None  # the audit log stops recording
         if reads is not None:
             await reads.close()
+        if sqlite_keys is not None:
+            sqlite_keys.close()
         await async_redis.aclose()
         app.state.redis.close()
         close_client()
@@ -161,8 +174,7 @@ def create_app() -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
                            allow_headers=["authorization", "content-type", "last-event-id"],
                            expose_headers=["retry-after", "content-disposition"], max_age=600)
-    app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts.split(","), cors_origins=origins)
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(Guard, allowed_hosts=settings.allowed_hosts.split(","), cors_origins=origins)
     for error in ERROR_STATUS:
         app.add_exception_handler(error, _domain_error)
     app.add_exception_handler(OperationalError, _database_down)

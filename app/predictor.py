@@ -49,6 +49,7 @@ class Model:
     info: DatasetInfo
     normalize: bool
     weights_mtime_ns: int
+    weight_bytes: int = 0  # of its parameters and buffers in memory
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -113,7 +114,7 @@ class Predictor:
             ) from None
         network.eval()
         return Model(job_id=job_id, network=network, info=info, normalize=spec.dataset.normalize,
-                     weights_mtime_ns=mtime)
+                     weights_mtime_ns=mtime, weight_bytes=len(data))
 
     def run(self, batch: list[Work]) -> list[np.ndarray | DomainError]:
         """Class probabilities (float32, n x K) for each Work, or the error that refuses it (a bad image

@@ -33,28 +33,7 @@ def is_loopback(host: str) -> bool:
 
 # FastAPI's documentation pages start Swagger UI and ReDoc with an inline script.
 INLINE_SCRIPT_PAGES = ("/docs", "/redoc")
-
-
-class SecurityHeaders:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = SECURITY_HEADERS
-        if scope.get("path", "").startswith(INLINE_SCRIPT_PAGES):
-            headers = [h for h in SECURITY_HEADERS if h[0] != b"content-security-policy"]
-
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                present = {name.lower() for name, _ in message.get("headers", [])}
-                message["headers"] = list(message.get("headers", [])) + [
-                    (name, value) for name, value in headers if name not in present]
-            await send(message)
-
-        await self.app(scope, receive, sending)
+WITHOUT_CSP = [h for h in SECURITY_HEADERS if h[0] != b"content-security-policy"]
 
 
 def host_name(host: str) -> str:
@@ -65,11 +44,14 @@ def host_name(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-class RequestGuard:
-    """Refuses requests for a Host not in allowed_hosts (400), and state-changing requests a browser sends
-    from another site (403): Sec-Fetch-Site cross-site, or an Origin that is neither this server nor an
-    allowed CORS origin. Keys travel only in a header, which a cross-site form cannot set; this also holds
-    when auth is off."""
+class Guard:
+    """One layer (it sits on every request's path) for what every request must pass and every answer carries:
+
+    - a Host not in allowed_hosts is refused (400): DNS rebinding;
+    - a state-changing request a browser sends from another site is refused (403): Sec-Fetch-Site
+      cross-site, or an Origin that is neither this server nor an allowed CORS origin. Keys travel only in a
+      header, which a cross-site form cannot set; this holds when auth is off too;
+    - every answer gets the security headers."""
 
     def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str], cors_origins: Iterable[str]) -> None:
         self.app = app
@@ -82,17 +64,28 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        host = headers.get("host", "")
-        if not self.any_host and host_name(host) not in self.hosts:
-            await _refuse(scope, receive, send, 400, f"this server does not answer for host {host[:100]!r}")
-            return
-        if scope["method"] in UNSAFE_METHODS and self._cross_site(headers, host):
-            await _refuse(scope, receive, send, 403, "cross-site request refused: state changes come from this "
-                          "server's own pages or from clients that are not browsers (send the API key in the "
-                          "Authorization header)")
-            return
-        await self.app(scope, receive, send)
+        unsafe = scope["method"] in UNSAFE_METHODS
+        if unsafe or not self.any_host:
+            headers = Headers(scope=scope)
+            host = headers.get("host", "")
+            if not self.any_host and host_name(host) not in self.hosts:
+                await _refuse(scope, receive, send, 400, f"this server does not answer for host {host[:100]!r}")
+                return
+            if unsafe and self._cross_site(headers, host):
+                await _refuse(scope, receive, send, 403, "cross-site request refused: state changes come from "
+                              "this server's own pages or from clients that are not browsers (send the API key "
+                              "in the Authorization header)")
+                return
+        added = WITHOUT_CSP if scope.get("path", "").startswith(INLINE_SCRIPT_PAGES) else SECURITY_HEADERS
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [
+                    (name, value) for name, value in added if name not in present]
+            await send(message)
+
+        await self.app(scope, receive, sending)
 
     def _cross_site(self, headers: Headers, host: str) -> bool:
         if headers.get("sec-fetch-site", "").lower() == "cross-site":
@@ -107,4 +100,5 @@ class RequestGuard:
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
-    await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+    await JSONResponse({"detail": detail}, status_code=status, headers=dict(
+        (k.decode(), v.decode()) for k, v in SECURITY_HEADERS))(scope, receive, send)

@@ -28,12 +28,15 @@ class _Entry:
 
 
 class ServedModels:
-    """An LRU of `capacity` loaded models per (owner, job id); concurrent misses of one key load it once."""
+    """An LRU of at most `capacity` loaded models and `max_bytes` of their weights, per (owner, job id);
+    concurrent misses of one key load it once. The newest model stays even when it alone is over max_bytes."""
 
-    def __init__(self, *, predictor: Predictor, db: Database, capacity: int, recheck_seconds: float):
+    def __init__(self, *, predictor: Predictor, db: Database, capacity: int, recheck_seconds: float,
+                 max_bytes: int | None = None):
         self.predictor = predictor
         self.db = db
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self.recheck_seconds = recheck_seconds
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._loading: dict[tuple[str, str], asyncio.Future[Model]] = {}
@@ -60,7 +63,8 @@ class ServedModels:
             future.set_result(model)
             self._entries[key] = _Entry(model, time.monotonic())
             self._entries.move_to_end(key)
-            while len(self._entries) > self.capacity:
+            while len(self._entries) > self.capacity or (
+                    len(self._entries) > 1 and self.max_bytes is not None and self.weight_bytes() > self.max_bytes):
                 self._entries.popitem(last=False)
             return model
         finally:
@@ -77,6 +81,9 @@ class ServedModels:
                 current.weights_mtime_ns:
             return current
         return await run_in_threadpool(lambda: self.predictor.load(job_id=job_id, spec=spec, info=info))
+
+    def weight_bytes(self) -> int:
+        return sum(entry.model.weight_bytes for entry in self._entries.values())
 
     def evict(self, job_id: str) -> None:
         for key in [k for k in self._entries if k[1] == job_id]:

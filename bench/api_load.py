@@ -22,8 +22,10 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, text
 
+from app.config import Settings
 from app.local import free_port
 from bench import wrk
+from bench.auth import bench_key
 from bench.serving import start, stop, unpacked
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,13 +93,14 @@ def main() -> None:
                  "--loglevel", "WARNING"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True))
 
-        with httpx.Client(base_url=url, timeout=30) as client:
+        headers = bench_key(env["TAAS_DATABASE_URL"], Settings().owner)
+        with httpx.Client(base_url=url, timeout=30, headers=headers) as client:
             spec = {**SPEC, "epochs": args.epochs}
             warm = client.post("/jobs", json={**spec, "epochs": 1}).raise_for_status().json()["id"]
             epochs(client, warm)  # the worker has started, imported torch and decoded the data once
             alone = epochs(client, client.post("/jobs", json=spec).raise_for_status().json()["id"])
             # The same load with nothing training: the API's own ceiling here.
-            idle = wrk.run(f"{url}/jobs/{warm}", wrk.script(method="GET", expect=f'"id":"{warm}"'),
+            idle = wrk.run(f"{url}/jobs/{warm}", wrk.script(method="GET", expect=f'"id":"{warm}"', headers=headers),
                            connections=args.connections, duration=min(args.seconds, 10), threads=2)
             # Every request for another job (64 of them, cancelled while queued), so no two polls in flight
             # are for one job: what many dashboards polling many jobs do.
@@ -106,13 +109,15 @@ def main() -> None:
                 other = client.post("/jobs", json={**spec, "name": "other"}).raise_for_status().json()["id"]
                 client.post(f"/jobs/{other}/cancel").raise_for_status()
                 many.append(f"/jobs/{other}")
-            distinct = wrk.run(url, wrk.script(method="GET", expect='"name":"other"', expect_count=2, paths=many),
+            distinct = wrk.run(url, wrk.script(method="GET", expect='"name":"other"', expect_count=2, paths=many,
+                                               headers=headers),
                                connections=args.connections, duration=min(args.seconds, 10), threads=2)
 
             # Long enough to train through the whole load; the epochs it finished by then all ran under it.
             job_id = client.post("/jobs", json={**spec, "epochs": 1000}).raise_for_status().json()["id"]
             wait_job(client, job_id, ("running",))
-            result = wrk.run(f"{url}/jobs/{job_id}", wrk.script(method="GET", expect=f'"id":"{job_id}"'),
+            result = wrk.run(f"{url}/jobs/{job_id}", wrk.script(method="GET", expect=f'"id":"{job_id}"',
+                                                                headers=headers),
                              connections=args.connections, duration=args.seconds, threads=2)
             loaded = [m["seconds"] for m in client.get(f"/jobs/{job_id}/metrics").json()["data"]]
             client.post(f"/jobs/{job_id}/cancel").raise_for_status()

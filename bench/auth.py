@@ -12,12 +12,13 @@ from app.local import KEY_FILE
 
 
 def bench_key(database_url: str, owner: str) -> dict[str, str]:
-    """Authorization headers of a new admin key of `owner`, with no rate limit."""
+    """Authorization headers of a new admin key of `owner`, with no rate limit (and room for long jobs)."""
     engine = make_engine(database_url)
     try:
         with Session(engine, expire_on_commit=False) as session:
             _, key = keys.create_key(session=session, owner=owner, admin=True, name="bench",
-                                     limits=Limits(submit_rate=UNLIMITED, predict_rate=UNLIMITED))
+                                     limits=Limits(submit_rate=UNLIMITED, predict_rate=UNLIMITED, active_jobs=10_000,
+                                                   job_epochs=1000))
     finally:
         engine.dispose()
     return {"Authorization": f"Bearer {key}"}

@@ -23,12 +23,15 @@ from typing import Any
 import httpx
 
 from app.local import free_port
+from bench.auth import up_key
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def start_stack(state_dir: Path, data: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
-    """`taas up` in state_dir with a copy of the Fashion-MNIST files; returns the process and its URL."""
+def start_stack(state_dir: Path, data: Path,
+                workers: int) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
+    """`taas up` in state_dir with a copy of the Fashion-MNIST files; returns the process, its URL and the
+    headers of its admin key."""
     shutil.copytree(data / "FashionMNIST", state_dir / "data" / "FashionMNIST")
     port = free_port()
     out = (state_dir / "taas-up.out").open("wb")
@@ -41,12 +44,13 @@ def start_stack(state_dir: Path, data: Path, workers: int) -> tuple[subprocess.P
         if process.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"taas up did not start:\n{(state_dir / 'taas-up.out').read_text()}")
         time.sleep(0.2)
-    return process, url
+    return process, url, up_key(state_dir)
 
 
-def measure(url: str, spec: dict[str, Any], interval: float, timeout: float) -> dict[str, Any]:
+def measure(url: str, headers: dict[str, str], spec: dict[str, Any], interval: float,
+            timeout: float) -> dict[str, Any]:
     """Submit `spec`, follow its losses by polling, return the latency statistics."""
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=url, timeout=30, headers=headers) as client:
         response = client.post("/jobs", json=spec)
         response.raise_for_status()
         job_id = response.json()["id"]
@@ -104,17 +108,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between polls")
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--key", help="the API key of the stack at --url")
     args = parser.parse_args()
     spec = {"name": "loss-latency", "dataset": {"name": "fashion-mnist"}, "model": {"arch": "mlp"},
             "epochs": args.epochs, "batch_size": args.batch_size}
     if args.url:
-        result = measure(args.url, spec, args.interval, args.timeout)
+        result = measure(args.url, {"Authorization": f"Bearer {args.key}"} if args.key else {}, spec,
+                         args.interval, args.timeout)
         result["stack"] = args.url
     else:
         with tempfile.TemporaryDirectory(prefix="taas-bench-") as tmp:
-            process, url = start_stack(Path(tmp), args.data, workers=1)
+            process, url, headers = start_stack(Path(tmp), args.data, workers=1)
             try:
-                result = measure(url, spec, args.interval, args.timeout)
+                result = measure(url, headers, spec, args.interval, args.timeout)
                 result["stack"] = "taas up (SQLite + its own Redis), 1 worker"
             finally:
                 process.send_signal(signal.SIGINT)

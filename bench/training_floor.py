@@ -76,9 +76,9 @@ def engine_epochs(work: Path, root: Path, epochs: int, *, reporting: bool, tag: 
     return seconds
 
 
-def api_epochs(url: str, epochs: int) -> list[float]:
+def api_epochs(url: str, headers: dict[str, str], epochs: int) -> list[float]:
     """Epoch seconds of the job as the worker of a running `taas up` recorded them."""
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=url, timeout=30, headers=headers) as client:
         return job_epochs(client, client.post("/jobs", json={**SPEC, "epochs": epochs}).raise_for_status().json()["id"])
 
 
@@ -101,17 +101,17 @@ def main() -> None:
         shutil.copytree(args.data / "FashionMNIST", root / "FashionMNIST")
         # The stack stays up (idle) throughout, and the three runs alternate: drift on a shared machine
         # hits them alike.
-        process, url = start_stack(work / "stack", args.data, workers=1)
+        process, url, headers = start_stack(work / "stack", args.data, workers=1)
         try:
             engine_epochs(work, root, 1, reporting=False, tag="warm-up")  # unpacks the data, warms caches
-            api_epochs(url, 1)
+            api_epochs(url, headers, 1)
             off: list[float] = []
             on: list[float] = []
             api: list[float] = []
             for i in range(args.rounds):
                 off += engine_epochs(work, root, args.epochs, reporting=False, tag=f"off-{i}")
                 on += engine_epochs(work, root, args.epochs, reporting=True, tag=f"on-{i}")
-                api += api_epochs(url, args.epochs)
+                api += api_epochs(url, headers, args.epochs)
         finally:
             process.send_signal(signal.SIGINT)
             process.wait(60)

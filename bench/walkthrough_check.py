@@ -8,6 +8,8 @@ how often the predicted label is the true one. Prints one JSON object:
 
     .venv/bin/python bench/walkthrough_check.py --url http://127.0.0.1:8000 --data .taas/data
 
+The API key is the one `./taas.sh run` keeps in .taas/api-key (or --key, or TAAS_API_KEY).
+
 Standard library only, plus torchvision (to read the test set) and Pillow (to encode the PNGs).
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -29,12 +32,14 @@ TUTORIAL_SPEC = {"name": "walkthrough-check", "dataset": {"name": "fashion-mnist
 TUTORIAL_STEPS = 9380  # 10 epochs x ceil(60000 / 64) batches
 TUTORIAL_EPOCHS = 10
 FINAL = {"succeeded", "failed", "cancelled"}
+# Sent with every request (set by main from --key).
+HEADERS: dict[str, str] = {}
 
 
 def call(method: str, url: str, body: bytes | None = None, content_type: str | None = None,
          timeout: float = 120.0) -> tuple[int, Any]:
     """One HTTP request; returns (status, decoded JSON or None). Error statuses are returned, not raised."""
-    request = urllib.request.Request(url, data=body, method=method)
+    request = urllib.request.Request(url, data=body, method=method, headers=HEADERS)
     if content_type:
         request.add_header("content-type", content_type)
     try:
@@ -134,7 +139,12 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the job to end")
     parser.add_argument("--page", type=int, default=1000, help="losses per GET /losses page")
     parser.add_argument("--batch", type=int, default=64, help="images per /predict request (at most 64)")
+    parser.add_argument("--key", default=os.environ.get("TAAS_API_KEY"),
+                        help="API key (default: TAAS_API_KEY, else the one in .taas/api-key)")
     args = parser.parse_args()
+    key = args.key or (open(".taas/api-key").read().strip() if os.path.exists(".taas/api-key") else None)
+    if key:
+        HEADERS["Authorization"] = f"Bearer {key}"
     api = args.url.rstrip("/")
     batch = max(1, min(args.batch, 64))
 

@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app import oip
-from app.deps import BatcherDep, DbDep, OwnerDep, ServedDep, SettingsDep, rate_limited
+from app.config import get_settings
+from app.deps import DbDep, OwnerDep, PrincipalDep, ServedDep, count_rate
 from app.predictor import Upload, Work
 from app.routes.health import select_one
 from app.schemas import error_responses
@@ -61,13 +62,13 @@ async def model_ready(name: str, owner: OwnerDep, served: ServedDep) -> dict[str
                      "description": "JSON, or with binary outputs the JSON part then the tensors "
                                     "(Inference-Header-Content-Length)"},
                **error_responses(400, 401, 404, 409, 413, 415, 429, 503)},
-    dependencies=[rate_limited("predict")],
 )
-async def infer(
-    name: str, request: Request, owner: OwnerDep, settings: SettingsDep, served: ServedDep, batcher: BatcherDep
-) -> Response:
+async def infer(name: str, request: Request, principal: PrincipalDep) -> Response:
     """Class probabilities and labels for FP32 pixels [N, C, H, W] or BYTES images [N] (JSON, or the
     binary tensor data extension)."""
+    state = request.app.state  # a hot path, as /predict
+    await count_rate(request, principal, "predict")
+    settings, served, batcher, owner = get_settings(), state.served, state.batcher, principal.owner
     with batcher.receiving():
         body = await request.body()
         model = await served.get(owner=owner, job_id=name)

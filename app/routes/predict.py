@@ -5,7 +5,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 
-from app.deps import BatcherDep, OwnerDep, ServedDep, SettingsDep, rate_limited
+from app.config import get_settings
+from app.deps import PrincipalDep, count_rate
 from app.errors import PayloadTooLarge
 from app.multipart import parse_form
 from app.predictor import Upload, Work, postprocess
@@ -37,11 +38,14 @@ def _missing(name: str) -> RequestValidationError:
 # The body size limit (settings.predict_max_bytes) is enforced before parsing, by app.body_limit. Decoding
 # and inference run on the batcher's inference thread, never on the event loop.
 @router.post("/predict", openapi_extra=_FORM, response_model=PredictionsPublic,
-             responses=error_responses(400, 404, 409, 413, 415, 429, 503), dependencies=[rate_limited("predict")])
-async def predict(
-    request: Request, owner: OwnerDep, settings: SettingsDep, served: ServedDep, batcher: BatcherDep
-) -> Response:
+             responses=error_responses(400, 404, 409, 413, 415, 429, 503))
+async def predict(request: Request, principal: PrincipalDep) -> Response:
     """Classify images with a succeeded job's best weights: class index, label and probabilities."""
+    # A hot path: its clients come from app.state, not from dependencies (each one resolved per request).
+    state = request.app.state
+    await count_rate(request, principal, "predict")
+    settings, served, batcher = get_settings(), state.served, state.batcher
+    owner = principal.owner
     with batcher.receiving():
         form = parse_form(await request.body(), request.headers.get("content-type", ""),
                           max_files=settings.predict_max_files)

@@ -17,7 +17,7 @@ from app.errors import Conflict
 from app.loss_stream import LossRecord, LossStream, cancel_key, stream_key
 from app.queue import TRAIN_TASK
 from app.tables import EpochMetric, Job, JobStatus, LossPoint, utcnow
-from tests.app.harness import DEAD_REDIS_URL, ApiEnv, add_job, api_client, configure, write_weights
+from tests.app.harness import DEAD_REDIS_URL, ApiEnv, add_job, api_client, cleanup, configure, write_weights
 
 TUTORIAL = {"dataset": {"name": "fashion-mnist"}, "model": {"arch": "mlp"}}
 
@@ -426,3 +426,23 @@ def test_weights_gone_is_404_and_an_opened_file_outlives_its_deletion(client: Te
     r = client.get(f"/jobs/{job_id}/weights")
     assert r.status_code == 404
     assert r.json()["detail"].startswith(f"job {job_id} has no best weights (status succeeded)")
+
+
+def test_a_row_locked_by_a_frozen_worker_is_a_503_not_a_hang(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                              migrated_postgres: str, redis_url: str):
+    env = configure(monkeypatch, tmp_path, database_url=migrated_postgres, redis_url=redis_url,
+                    DB_POOL_TIMEOUT_SECONDS="1")
+    try:
+        job_id = add_job(env, status=JobStatus.running)
+        # A worker frozen inside its epoch's transaction holds the job's row lock (worker.claims.holds_lease).
+        with new_session() as worker, worker.begin():
+            worker.execute(select(Job.id).where(Job.id == job_id).with_for_update())
+            with api_client(env) as client:
+                r = client.post(f"/jobs/{job_id}/cancel")
+                assert r.status_code == 503 and r.headers["retry-after"], r.text
+                assert "being written" in r.json()["detail"]
+                assert client.get(f"/jobs/{job_id}").status_code == 200  # reads never wait for it
+        with api_client(env) as client:
+            assert client.post(f"/jobs/{job_id}/cancel").status_code == 202
+    finally:
+        cleanup(env, redis_url)

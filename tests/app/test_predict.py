@@ -13,6 +13,7 @@ from PIL import Image
 from sqlalchemy import update
 from torchvision.transforms.functional import to_tensor
 
+from app.config import get_settings
 from app.db import session_scope
 from app.errors import NotFound
 from app.main import create_app
@@ -20,7 +21,7 @@ from app.predictor import Predictor
 from app.tables import Job, JobStatus
 from spec.datasets import BUILTIN_DATASETS, FASHION_CLASSES
 from spec.job import JobSpec
-from tests.app.harness import ApiEnv, add_job, seeded_network, write_weights
+from tests.app.harness import ApiEnv, add_job, api_client, seeded_network, write_weights
 
 FASHION_MLP = {"dataset": {"name": "fashion-mnist"}, "model": {"arch": "mlp"}}
 MNIST_MLP = {"dataset": {"name": "mnist"}, "model": {"arch": "mnist-mlp"}, "loss": "nll",
@@ -332,3 +333,17 @@ def test_weights_deleted_before_a_cold_load_are_not_found(client: TestClient, en
                        info=BUILTIN_DATASETS["fashion-mnist"].info)
     r = post(client, job_id, [("a.png", png(images(1)[0]))])
     assert r.status_code == 404 and "has no best weights file" in r.json()["detail"]
+
+
+def test_the_served_models_are_bounded_in_bytes_too(env: ApiEnv, monkeypatch: pytest.MonkeyPatch):
+    # The tutorial MLP's weights are 2.7 MB: a 4 MB budget holds one of them (not the default's 8 networks).
+    monkeypatch.setenv("TAAS_PREDICT_CACHE_BYTES", str(4 << 20))
+    get_settings.cache_clear()
+    first, second = add_job(env), add_job(env)
+    for job in (first, second):
+        write_weights(env, job)
+    with api_client(env) as client:
+        for job in (first, second, first):
+            assert post(client, job, [("a.png", png(images(1)[0]))]).status_code == 200
+        served = client.app.state.served  # type: ignore[attr-defined]
+        assert [key[1] for key in served._entries] == [first] and served.weight_bytes() < 4 << 20
