@@ -42,8 +42,12 @@ class Settings(BaseSettings):
     allowed_hosts: str = "*"
     # Origins a browser may call the API from (comma-separated); empty: no CORS headers at all.
     cors_origins: str = ""
-    # Serve /docs, /redoc and /openapi.json.
+    # Serve /docs (Swagger UI, from the package) and /openapi.json.
     docs: bool = True
+    # Where the `taas` command and the Python client (app.client) find the API, and the key they send (empty:
+    # the one `taas up` keeps in the state folder).
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: str = ""
 
     # Limits, per owner or per key, each overridable per key (POST /keys "limits", taas keys create): over
     # one, 429 with Retry-After (queue, storage, rate) or 422 (a job too big), the message naming the limit.
@@ -140,6 +144,8 @@ class Settings(BaseSettings):
 
     # Listing
     page_size_max: int = Field(default=500, ge=1)
+    # An idle GET /jobs/{id}/events stream gets a comment line this often (proxies close silent connections).
+    events_keepalive_seconds: float = Field(default=15.0, gt=0, le=3600)
 
     # Dataset uploads (POST /datasets) and their ingest. An upload over the first is refused (413) while it
     # streams; the others make an ingest fail with the reason (hostile or oversized archives).
@@ -196,6 +202,10 @@ class Settings(BaseSettings):
     def datasets_path(self) -> Path:
         assert self.datasets_dir is not None
         return self.datasets_dir
+
+
+# Settings of the client side only (the taas command, app.client): the services never read them.
+CLIENT_SETTINGS = frozenset({"api_url", "api_key"})
 
 
 @lru_cache

@@ -65,6 +65,20 @@ def decode_created(kind: str, cursor: str, id_type: type[str] | type[int] = str)
     return at, object_id
 
 
+def encode_events(step: int, epoch: int, status: str, attempt: int) -> str:
+    """An SSE event id of GET /jobs/{id}/events: what the client has been sent so far."""
+    return encode("events", step, epoch, status, attempt)
+
+
+def decode_events(cursor: str) -> tuple[int, int, str, int]:
+    step, epoch, status, attempt = _decode("events", cursor, 4)
+    ints = (step, epoch, attempt)
+    if any(not isinstance(v, int) or isinstance(v, bool) or not -1 <= v < MAX_STEP for v in ints) \
+            or not isinstance(status, str) or len(status) > 16:
+        raise BadCursor(f"Last-Event-ID {cursor!r} is damaged: leave it out to start from the beginning")
+    return step, epoch, status, attempt
+
+
 def encode_step(step: int) -> str:
     return encode("losses", step)
 

@@ -142,8 +142,16 @@ class LossStream:
         return _step(entries[0][0]) if entries else None
 
     @staticmethod
+    async def wait_after(client: redis.asyncio.Redis, job_id: str, *, after: int, block_ms: int,
+                         limit: int = 10_000) -> list[LossRecord]:
+        """The records with step > after, waiting up to block_ms for the first of them (XREAD BLOCK: it returns
+        as soon as a worker appends, so a live client sees a chunk milliseconds after it was handed over)."""
+        found: Any = await client.xread({stream_key(job_id): f"{after}-1"}, count=limit, block=block_ms)
+        return [_record(entry_id, fields) for _, entries in found or () for entry_id, fields in entries]
+
+    @staticmethod
     async def last_step_async(client: redis.asyncio.Redis, job_id: str) -> int | None:
-        """last_step on an asyncio client (the API's hot read, app.job_reads)."""
+        """last_step on an asyncio client (the API's hot read, app.fast_reads)."""
         entries: Any = await client.xrevrange(stream_key(job_id), count=1)
         return _step(entries[0][0]) if entries else None
 

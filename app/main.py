@@ -25,12 +25,13 @@ from app.db import Database
 from app.fast_reads import FastReads, SqliteKeys
 from app.keys import keys_by_hash
 from app.limits import EffectiveLimits
+from app.metrics import RequestMetrics, process_exited
 from app.predictor import Predictor
 from app.queue import close_client
 from app.rate_limits import RateLimits
 from app.read_batching import BatchedLookup
 from app.request_errors import add_request_error_handlers
-from app.routes import audit, catalog, datasets, health, inference, jobs, keys, predict
+from app.routes import audit, catalog, dashboard, datasets, events, health, inference, jobs, keys, metrics, predict
 from app.security import Guard
 from app.serving import ServedModels
 
@@ -109,8 +110,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.redis = redis.Redis.from_url(
         settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
     app.state.db = db = Database.from_settings(settings)
-    async_redis = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=timeout,
-                                               socket_connect_timeout=timeout)
+    app.state.async_redis = async_redis = redis.asyncio.Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
     app.state.fast_reads = reads = FastReads(settings, async_redis) if FastReads.supports(settings) else None
     if reads is not None:
         await reads.open()
@@ -152,6 +153,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis.close()
         close_client()
         db.dispose()
+        process_exited()
 
 
 def create_app() -> FastAPI:
@@ -162,8 +164,8 @@ def create_app() -> FastAPI:
         summary="PyTorch training as a service: submit a job, watch its loss live, predict with the result.",
         version="0.1.0",
         lifespan=lifespan,
-        docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
-        openapi_url="/openapi.json" if docs else None,
+        # /docs is app.routes.dashboard's page: Swagger UI from the package, not a CDN (/redoc redirects to it).
+        docs_url=None, redoc_url=None, openapi_url="/openapi.json" if docs else None,
     )
     app.state.db = None
     # Outermost last: the guard and the headers see every answer, the audit log every state change.
@@ -175,6 +177,8 @@ def create_app() -> FastAPI:
                            allow_headers=["authorization", "content-type", "last-event-id"],
                            expose_headers=["retry-after", "content-disposition"], max_age=600)
     app.add_middleware(Guard, allowed_hosts=settings.allowed_hosts.split(","), cors_origins=origins)
+    # Outermost of all: every answer is counted and timed, the guard's refusals too (app.metrics).
+    app.add_middleware(RequestMetrics)
     for error in ERROR_STATUS:
         app.add_exception_handler(error, _domain_error)
     app.add_exception_handler(OperationalError, _database_down)
@@ -183,8 +187,10 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RedisTimeoutError, _redis_down)
     add_request_error_handlers(app)
     openapi.install(app)
-    for module in (jobs, datasets, predict, inference, catalog, keys, audit, health):
+    for module in (jobs, events, datasets, predict, inference, catalog, keys, audit, health, dashboard, metrics):
         app.include_router(module.router)
+    if docs:
+        app.include_router(dashboard.docs_router)
     return app
 
 

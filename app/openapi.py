@@ -3,6 +3,7 @@
 - 422 is either FastAPI's list of validation errors or one message of ours ({"detail": "..."});
 - a route with a body can answer 400 (a body that does not parse) and 413 (too large, app.body_limit);
 - a route behind an API key can answer 401 and 503 (the key is looked up in the database);
+- errors are JSON, also on routes that answer a stream, a file or an archive;
 - on the Open Inference Protocol's routes (/v2) errors are {"error": "..."}, as its clients read them.
 
 Checked by schemathesis against every operation (tests/app/test_schemathesis.py)."""
@@ -55,6 +56,11 @@ def _complete(path: str, operation: dict[str, Any]) -> None:
         responses["503"].setdefault("headers", {"Retry-After": {"schema": {"type": "integer"}}})
     if "429" in responses:
         responses["429"].setdefault("headers", {"Retry-After": {"schema": {"type": "integer"}}})
+    for status, response in responses.items():
+        # Errors are JSON whatever a route streams on success (FastAPI gives them the route's media type).
+        content = response.get("content")
+        if status.startswith(("4", "5")) and content and "application/json" not in content:
+            response["content"] = {"application/json": {"schema": next(iter(content.values())).get("schema", {})}}
     if v2:
         for status, response in responses.items():
             if status.startswith(("4", "5")):

@@ -127,6 +127,7 @@ class PredictionPublic(BaseModel):
 
 class PredictionsPublic(BaseModel):
     job_id: str
+    classes: list[str] = Field(description="The class names, in class_index order (of every probabilities list).")
     predictions: list[PredictionPublic]
 
 

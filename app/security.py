@@ -10,7 +10,8 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-# The dashboard (GET /) is the only page; it loads its scripts and styles from this server only.
+# The pages (the dashboard at GET /, and /docs) load scripts and styles from this server only, and no script is
+# inline (app/static); styles may be, as Swagger UI and uPlot set them on elements.
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -29,11 +30,6 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 def is_loopback(host: str) -> bool:
     """Whether a listening address (or a Host name) is this machine only."""
     return host_name(host) in LOOPBACK_HOSTS or host.startswith("127.")
-
-
-# FastAPI's documentation pages start Swagger UI and ReDoc with an inline script.
-INLINE_SCRIPT_PAGES = ("/docs", "/redoc")
-WITHOUT_CSP = [h for h in SECURITY_HEADERS if h[0] != b"content-security-policy"]
 
 
 def host_name(host: str) -> str:
@@ -76,13 +72,12 @@ class Guard:
                               "this server's own pages or from clients that are not browsers (send the API key "
                               "in the Authorization header)")
                 return
-        added = WITHOUT_CSP if scope.get("path", "").startswith(INLINE_SCRIPT_PAGES) else SECURITY_HEADERS
 
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
                 message["headers"] = list(message.get("headers", [])) + [
-                    (name, value) for name, value in added if name not in present]
+                    (name, value) for name, value in SECURITY_HEADERS if name not in present]
             await send(message)
 
         await self.app(scope, receive, sending)

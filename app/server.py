@@ -9,8 +9,12 @@ segments waits for the client's delayed ACK (about 40 ms per request, measured w
 import argparse
 import asyncio
 import os
+import shutil
 import socket
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -41,8 +45,28 @@ def serve(*, host: str, port: int, processes: int, log_level: str = "info") -> N
     if get_settings().predict_threads == 0:
         # torch's intra-op threads, shared out between the processes (they read it as a setting).
         os.environ["TAAS_PREDICT_THREADS"] = str(max(1, default_processes() // processes))
-    uvicorn.run("app.main:app", host=host, port=port, workers=processes, http=NoDelayHttpToolsProtocol,
-                loop="uvloop", log_level=log_level, timeout_graceful_shutdown=10)
+    with metrics_folder():
+        uvicorn.run("app.main:app", host=host, port=port, workers=processes, http=NoDelayHttpToolsProtocol,
+                    loop="uvloop", log_level=log_level, timeout_graceful_shutdown=10)
+
+
+@contextmanager
+def metrics_folder() -> Iterator[str]:
+    """A fresh private folder (mode 0700) where every API process writes its metric values (app.metrics), set
+    as PROMETHEUS_MULTIPROC_DIR for this run only and removed at exit.
+
+    Set before the processes start: they inherit it, and prometheus_client picks its mode when it is first
+    imported. A folder kept from an earlier run would add that run's counts to this one's."""
+    folder, before = tempfile.mkdtemp(prefix="taas-metrics-"), os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    try:
+        yield folder
+    finally:
+        if before is None:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        else:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = before
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,10 @@ EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 # serves from it); they are renamed into the job's folder only while that worker still holds the job's lease
 # (worker.reporter), so a worker that lost the job never overwrites the files of the one that has it.
 ATTEMPT_PREFIX = ".attempt-"
+# TensorBoard event files (worker.tensorboard), a file per attempt, read while they grow: `tensorboard --logdir
+# <artifacts>` shows each job as the run "<job id>/tensorboard"; GET /jobs/{id}/tensorboard archives them.
+TENSORBOARD = "tensorboard"
+EVENT_FILE_PREFIX = "events.out.tfevents."  # how TensorBoard's writers name their files
 
 # A folder per dataset under the datasets folder: the upload until it is ingested, then the store.
 ARCHIVE = "archive"
@@ -64,6 +68,23 @@ def attempt_dirs(job_folder: Path) -> list[Path]:
     """The attempt folders in a job's folder (a crashed or fenced-off worker's may be left over)."""
     try:
         return [p for p in job_folder.iterdir() if p.name.startswith(ATTEMPT_PREFIX) and p.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def tensorboard_dir(job_folder: Path) -> Path:
+    return job_folder / TENSORBOARD
+
+
+def event_files(job_folder: Path) -> list[Path]:
+    """The job's TensorBoard event files, oldest first (their names start with their creation time, and
+    TensorBoard reads them in name order too); symbolic links are never among them."""
+    folder = tensorboard_dir(job_folder)
+    if folder.is_symlink():
+        return []
+    try:
+        return sorted(p for p in folder.iterdir()
+                      if p.name.startswith(EVENT_FILE_PREFIX) and not p.is_symlink() and p.is_file())
     except (FileNotFoundError, NotADirectoryError):
         return []
 

@@ -19,6 +19,7 @@ from kombu import Queue
 
 from app.config import get_settings
 from app.db import get_engine, session_scope
+from app.metrics import WorkerBeat
 from app.queue import INGEST_QUEUE, INGEST_TASK, TRAIN_TASK, queue_name
 from app.storage import dataset_dir, job_dir
 from worker.claims import Reaped, reap_expired, unqueue
@@ -179,3 +180,33 @@ class Reaper(bootsteps.StartStopStep):
 
 
 celery_app.steps["worker"].add(Reaper)
+
+
+class Beat(bootsteps.StartStopStep):
+    """The worker's liveness beat in Redis (app.metrics: the API's taas_workers_alive), every heartbeat_seconds on
+    the worker's timer, as the reaper runs; removed at a clean stop."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, parent: Any, **kwargs: Any):
+        super().__init__(parent, **kwargs)
+        self.tref: Any = None
+        self.beat: WorkerBeat | None = None
+
+    def start(self, parent: Any) -> None:
+        self.beat = WorkerBeat(parent.hostname, get_settings())
+        self.beat.beat()
+        self.tref = parent.timer.call_repeatedly(get_settings().heartbeat_seconds, self.beat.beat, priority=10)
+
+    def stop(self, parent: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+        if self.beat is not None:
+            self.beat.forget()
+            self.beat = None
+
+    # A cold shutdown (SIGQUIT: docker compose stop) terminates steps rather than stopping them.
+    terminate = stop
+
+
+celery_app.steps["worker"].add(Beat)

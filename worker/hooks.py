@@ -70,3 +70,29 @@ class Hooks:
     def should_stop(self) -> bool:
         """Polled every few batches; True ends the run after the current batch, without a checkpoint."""
         return False
+
+
+class CombinedHooks(Hooks):
+    """Several hooks as one, called in the given order; the first that stages an epoch's files owns them."""
+
+    def __init__(self, *hooks: Hooks):
+        self.hooks = hooks
+
+    def on_start(self, info: RunInfo) -> None:
+        for hook in self.hooks:
+            hook.on_start(info)
+
+    def on_losses(self, chunk: LossChunk) -> None:
+        for hook in self.hooks:
+            hook.on_losses(chunk)
+
+    def staging_dir(self, job_dir: Path, epoch: int) -> Path | None:
+        # One owner only: the staged files are the hooks' to move into place or delete, exactly once.
+        return next((d for hook in self.hooks if (d := hook.staging_dir(job_dir, epoch)) is not None), None)
+
+    def on_epoch(self, metrics: EpochMetrics, checkpoint_dir: Path) -> None:
+        for hook in self.hooks:
+            hook.on_epoch(metrics, checkpoint_dir)
+
+    def should_stop(self) -> bool:
+        return any(hook.should_stop() for hook in self.hooks)

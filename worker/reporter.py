@@ -89,13 +89,15 @@ def drop_stream_tail(client: redis.Redis, job_id: str, from_step: int) -> int:
     """Delete stream entries with step >= from_step and let those steps be added again; returns how many."""
     key = stream_key(job_id)
     if from_step == 0:
-        return int(client.delete(key))
+        deleted: Any = client.delete(key)
+        return int(deleted)
     dropped = 0
     while True:
         entries: Any = client.xrange(key, min=f"{from_step}-0", max="+", count=1000)
         if not entries:
             break
-        dropped += int(client.xdel(key, *[entry_id for entry_id, _ in entries]))
+        removed: Any = client.xdel(key, *[entry_id for entry_id, _ in entries])
+        dropped += int(removed)
     if client.exists(key):
         # XDEL leaves the stream's last id where it was; XADD only accepts ids above it.
         client.execute_command("XSETID", key, f"{from_step - 1}-1")

@@ -33,7 +33,9 @@ from worker.claims import Claim, ClaimContended, claim_next, finish_job, new_lea
 from worker.datasets import DatasetUnavailable
 from worker.engine import FitResult, TrainingDiverged
 from worker.heartbeat import Heartbeat
+from worker.hooks import CombinedHooks, Hooks
 from worker.reporter import Reporter, record_artifacts
+from worker.tensorboard import TensorBoardWriter
 from worker.training import run_job
 
 log = logging.getLogger(__name__)
@@ -103,8 +105,13 @@ def run_claimed(claim: Claim, *, client: redis.Redis, settings: Settings) -> str
         with Heartbeat(job_id=claim.job_id, lease_owner=claim.lease_owner, client=client,
                        settings=settings) as heartbeat, \
              Reporter(job_id=claim.job_id, lease_owner=claim.lease_owner, client=client, settings=settings,
-                      stop=heartbeat.stop) as reporter:
-            outcome = train(claim, job_dir, reporter, settings)
+                      stop=heartbeat.stop) as reporter, \
+             TensorBoardWriter(storage.tensorboard_dir(job_dir), spec=claim.spec,
+                               fenced=lambda: heartbeat.lease_lost or reporter.lease_lost) as tensorboard:
+            # TensorBoard first: its on_epoch returns once the epoch's events are on disk, before the
+            # Reporter is handed the epoch's checkpoint to commit (worker.tensorboard: no gap on resume).
+            outcome = train(claim, job_dir, CombinedHooks(tensorboard, reporter), settings)
+            tensorboard.close()
             try:
                 reporter.close()
             except Exception as e:
@@ -135,12 +142,12 @@ def remove_leftover_attempts(job_dir: Path, lease_owner: str) -> None:
             discard(folder)
 
 
-def train(claim: Claim, job_dir: Path, reporter: Reporter, settings: Settings) -> FitResult | str:
+def train(claim: Claim, job_dir: Path, hooks: Hooks, settings: Settings) -> FitResult | str:
     """The engine's result, or why it failed, in words for the user (the traceback goes to the log)."""
     try:
         spec = JobSpec.model_validate(claim.spec)
         select_gpu()
-        return run_job(spec, job_dir, settings=settings, hooks=reporter)
+        return run_job(spec, job_dir, settings=settings, hooks=hooks)
     except (DatasetUnavailable, TrainingDiverged) as e:  # their messages are written for the user
         log.warning("job %s failed: %s", claim.job_id, e)
         return user_error(str(e), settings)

@@ -4,6 +4,7 @@ Standard clients (tritonclient's HTTP client, KServe's) work unchanged; the mode
 like every route, only the owner's succeeded jobs are found. Errors answer {"error": message}, as the
 protocol has them (app.main). Requests share /predict's batcher: one batch may hold both."""
 
+from time import perf_counter
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -13,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from app import oip
 from app.config import get_settings
 from app.deps import DbDep, OwnerDep, PrincipalDep, ServedDep, count_rate
+from app.metrics import observe_prediction
 from app.predictor import Upload, Work
 from app.routes.health import select_one
 from app.schemas import error_responses
@@ -66,7 +68,7 @@ async def model_ready(name: str, owner: OwnerDep, served: ServedDep) -> dict[str
 async def infer(name: str, request: Request, principal: PrincipalDep) -> Response:
     """Class probabilities and labels for FP32 pixels [N, C, H, W] or BYTES images [N] (JSON, or the
     binary tensor data extension)."""
-    state = request.app.state  # a hot path, as /predict
+    started, state = perf_counter(), request.app.state  # a hot path, as /predict
     await count_rate(request, principal, "predict")
     settings, served, batcher, owner = get_settings(), state.served, state.batcher, principal.owner
     with batcher.receiving():
@@ -85,4 +87,5 @@ async def infer(name: str, request: Request, principal: PrincipalDep) -> Respons
     probabilities = await batcher.submit(work)
     labels = [model.classes[i] for i in probabilities.argmax(axis=1).tolist()]
     content, headers = oip.encode_infer(parsed, name, probabilities, labels)
+    observe_prediction("/v2/models/{name}/infer", started, len(probabilities))
     return Response(content, headers=headers)

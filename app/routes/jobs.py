@@ -1,7 +1,11 @@
-"""Jobs: submit, list, inspect, follow (losses, metrics), cancel, delete, download weights."""
+"""Jobs: submit, list, inspect, follow (losses, metrics), cancel, delete, download weights and TensorBoard files."""
 
 import os
+import stat
+import tarfile
+import zlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, BinaryIO, Literal
 
 import redis
@@ -249,3 +253,83 @@ async def export_job(
         headers={"content-length": str(size), "content-disposition": f'attachment; filename="{job_id}-{name}"'},
         background=BackgroundTask(file.close),
     )
+
+
+@router.get(
+    "/{job_id}/tensorboard",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/gzip": {}},
+                     "description": "A tar.gz of the job's TensorBoard event files, in a folder named after the "
+                                    "job: `tar xzf` it and run `tensorboard --logdir .`"},
+               **error_responses(404)},
+)
+async def get_tensorboard(job_id: str, db: DbDep, owner: OwnerDep, settings: SettingsDep) -> StreamingResponse:
+    """Download the job's TensorBoard event files (per-batch loss, per-epoch metrics, the spec as hparams),
+    as far as they are written: a running job's too."""
+
+    def read(session: Session) -> tuple[str, str]:
+        job = jobs.get_job(session=session, owner=owner, job_id=job_id)
+        return job.id, job.status
+
+    job_id, status = await db.read(read)
+    files = await run_in_threadpool(_open_event_files, storage.job_dir(settings.artifacts_path, job_id))
+    if not files:
+        raise NotFound(f"job {job_id} has no TensorBoard event files yet (status {status}): they are "
+                       "written from its first batch on, and removed with the job")
+    return StreamingResponse(
+        _tar_gz(job_id, files), media_type="application/gzip",
+        headers={"content-disposition": f'attachment; filename="{job_id}-tensorboard.tar.gz"'},
+        background=BackgroundTask(_close_all, files),
+    )
+
+
+EventFile = tuple[str, BinaryIO, os.stat_result]
+
+
+def _open_event_files(job_folder: Path) -> list[EventFile]:
+    """The job's event files, opened (what is deleted or grows meanwhile cannot break the archive); never a
+    symbolic link, nor anything but a regular file, so nothing outside the job's folder is read."""
+    opened: list[EventFile] = []
+    for path in storage.event_files(job_folder):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue  # gone, or replaced by a link, since it was listed
+        file = os.fdopen(fd, "rb")
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode):
+            opened.append((path.name, file, info))
+        else:
+            file.close()
+    return opened
+
+
+def _tar_gz(top: str, files: list[EventFile]) -> Iterator[bytes]:
+    """A tar.gz of `files` under the folder `top`, compressed as it is sent (a sync iterator: Starlette runs it
+    on a thread, off the event loop)."""
+    gz = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: the gzip format
+    for part in _tar(top, files):
+        if compressed := gz.compress(part):
+            yield compressed
+    yield gz.flush()
+
+
+def _tar(top: str, files: list[EventFile], chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The tar stream: each file as long as it was when opened (one still being written grows meanwhile)."""
+    for name, file, info in files:
+        header = tarfile.TarInfo(f"{top}/{name}")
+        header.size, header.mtime, header.mode = info.st_size, int(info.st_mtime), 0o644
+        yield header.tobuf(format=tarfile.PAX_FORMAT)  # any name length
+        remaining = info.st_size
+        while remaining:
+            # Zeros if it shrank (nothing truncates event files): the archive stays well formed.
+            data = file.read(min(chunk, remaining)) or b"\0" * min(chunk, remaining)
+            remaining -= len(data)
+            yield data
+        yield b"\0" * (-info.st_size % tarfile.BLOCKSIZE)
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)  # the end-of-archive marker
+
+
+def _close_all(files: list[EventFile]) -> None:
+    for _, file, _ in files:
+        file.close()

@@ -1,5 +1,6 @@
 """Predictions with a finished job's best weights."""
 
+from time import perf_counter
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -8,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from app.config import get_settings
 from app.deps import PrincipalDep, count_rate
 from app.errors import PayloadTooLarge
+from app.metrics import observe_prediction
 from app.multipart import parse_form
 from app.predictor import Upload, Work, postprocess
 from app.schemas import PredictionPublic, PredictionsPublic, error_responses
@@ -42,7 +44,7 @@ def _missing(name: str) -> RequestValidationError:
 async def predict(request: Request, principal: PrincipalDep) -> Response:
     """Classify images with a succeeded job's best weights: class index, label and probabilities."""
     # A hot path: its clients come from app.state, not from dependencies (each one resolved per request).
-    state = request.app.state
+    started, state = perf_counter(), request.app.state
     await count_rate(request, principal, "predict")
     settings, served, batcher = get_settings(), state.served, state.batcher
     owner = principal.owner
@@ -62,9 +64,10 @@ async def predict(request: Request, principal: PrincipalDep) -> Response:
     uploads = [Upload(f.filename or f"files[{i}]", f.data) for i, f in enumerate(files)]
     probabilities = await batcher.submit(Work(model, uploads=uploads))
     body = PredictionsPublic(
-        job_id=job_id,
+        job_id=job_id, classes=model.classes,
         predictions=[PredictionPublic(filename=p.filename, class_index=p.class_index, label=p.label,
                                       probabilities=p.probabilities)
                      for p in postprocess(uploads, probabilities, model.classes)],
     )
+    observe_prediction("/predict", started, len(uploads))
     return Response(body.model_dump_json(), media_type="application/json")

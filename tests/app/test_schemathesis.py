@@ -41,8 +41,11 @@ def test_every_operation_conforms_and_never_fails(api: tuple[str, dict[str, str]
     (name, value), = auth.items()
     run = subprocess.run(
         [str(SCHEMATHESIS), "run", f"{base}/openapi.json", "--header", f"{name}: {value}",
-         "--checks", ",".join(CHECKS), "--max-examples", EXAMPLES, "--seed", "1", "--generation-deterministic",
-         "--request-timeout", "60", "--continue-on-failure", "--workers", "1",
+         "--checks", ",".join(CHECKS),
+         # A queued job's event stream never ends by design (it waits for the job): tests/test_events.py covers it.
+         "--exclude-path", "/jobs/{job_id}/events",
+         "--max-examples", EXAMPLES, "--seed", "1", "--generation-deterministic", "--request-timeout", "60",
+         "--continue-on-failure", "--workers", "1",
          "--report", "junit", "--report-dir", str(tmp_path / "report")],
         capture_output=True, text=True, timeout=1200, env={**os.environ, "NO_COLOR": "1"})
     assert run.returncode == 0, run.stdout[-12000:] + run.stderr[-3000:]

@@ -20,8 +20,11 @@ from tests.app.harness import ApiEnv, add_job, api_key, bearer, write_weights
 from tests.app.test_datasets import archive, ready  # noqa: F401 (archive is a fixture)
 from tests.archives import png
 
-PUBLIC = {("GET", "/health"), ("GET", "/v2"), ("GET", "/v2/health/live"), ("GET", "/v2/health/ready")}
-ADMIN = {("POST", "/keys"), ("GET", "/keys"), ("DELETE", "/keys/{key_id}"), ("GET", "/audit")}
+# The dashboard's page (GET /) loads without a key, as do its files (/static, a mount: no route here); the page
+# then asks for a key and sends it with every API call.
+PUBLIC = {("GET", "/"), ("GET", "/health"), ("GET", "/v2"), ("GET", "/v2/health/live"), ("GET", "/v2/health/ready")}
+ADMIN = {("POST", "/keys"), ("GET", "/keys"), ("DELETE", "/keys/{key_id}"), ("GET", "/audit"),
+         ("GET", "/metrics")}
 
 
 @dataclass
@@ -56,10 +59,12 @@ NOT_FOUND: dict[tuple[str, str], Call] = {
     ("GET", "/jobs/{job_id}"): lambda c, t: c.get(f"/jobs/{t}"),
     ("GET", "/jobs/{job_id}/losses"): lambda c, t: c.get(f"/jobs/{t}/losses"),
     ("GET", "/jobs/{job_id}/metrics"): lambda c, t: c.get(f"/jobs/{t}/metrics"),
+    ("GET", "/jobs/{job_id}/events"): lambda c, t: c.get(f"/jobs/{t}/events"),
     ("POST", "/jobs/{job_id}/cancel"): lambda c, t: c.post(f"/jobs/{t}/cancel"),
     ("DELETE", "/jobs/{job_id}"): lambda c, t: c.delete(f"/jobs/{t}"),
     ("GET", "/jobs/{job_id}/weights"): lambda c, t: c.get(f"/jobs/{t}/weights"),
     ("GET", "/jobs/{job_id}/export"): lambda c, t: c.get(f"/jobs/{t}/export"),
+    ("GET", "/jobs/{job_id}/tensorboard"): lambda c, t: c.get(f"/jobs/{t}/tensorboard"),
     ("POST", "/predict"): lambda c, t: c.post("/predict", data={"job_id": t}, files={"files": ("a.png", _image())}),
     ("GET", "/v2/models/{name}"): lambda c, t: c.get(f"/v2/models/{t}"),
     ("GET", "/v2/models/{name}/ready"): lambda c, t: c.get(f"/v2/models/{t}/ready"),

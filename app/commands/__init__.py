@@ -1,0 +1,1 @@
+"""The `taas` command's subcommands (app.cli assembles them), built on app.client."""
