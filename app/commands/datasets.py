@@ -20,6 +20,8 @@ def list_datasets(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     table = Table("id", "name", "status", "images", "classes", "shape", "created")
+    table.columns[0].no_wrap = True  # ids are copied from here: never cut them
+    table.columns[0].min_width = 32
     with client(ctx) as taas:
         for d in taas.datasets():
             splits = d["splits"] or {}
@@ -27,7 +29,7 @@ def list_datasets(ctx: typer.Context) -> None:
             shape = d["shape"]
             table.add_row(d["id"], d["name"], d["status"], str(images), str(len(d["classes"])),
                           f"{shape['channels']}x{shape['height']}x{shape['width']}" if shape else "",
-                          d["created_at"][:19])
+                          d["created_at"][:16].replace("T", " "))
     out.print(table)
 
 

@@ -50,13 +50,16 @@ def jobs(ctx: typer.Context,
          limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 50) -> None:
     """List your jobs, newest first."""
     table = Table("id", "name", "status", "progress", "test acc", "created")
+    table.columns[0].no_wrap = True  # ids are copied from here: never cut them
+    table.columns[0].min_width = 32
     with client(ctx) as taas:
         for job in taas.jobs(status=status, limit=limit):
             progress = job["progress"]
             done = f"{progress['step']}/{progress['total_steps']}" if progress["total_steps"] else "-"
             accuracy = (job.get("result") or {}).get("test_accuracy")
             table.add_row(job["id"], job["name"] or "", job["status"], done,
-                          f"{100 * accuracy:.2f} %" if accuracy is not None else "", job["created_at"][:19])
+                          f"{100 * accuracy:.2f} %" if accuracy is not None else "",
+                          job["created_at"][:16].replace("T", " "))
     out.print(table)
 
 

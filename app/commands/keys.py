@@ -106,6 +106,7 @@ def list_keys(
 ) -> None:
     """List keys (their ids and first characters, never the keys)."""
     table = Table("id", "owner", "admin", "name", "key", "limits", "created", "revoked")
+    table.columns[0].no_wrap = True  # ids are copied from here (taas keys revoke ID): never cut them
     if target(ctx).remote:
         with client(ctx) as taas:
             for k in taas.keys(owner=owner, revoked=revoked):
