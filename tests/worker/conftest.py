@@ -78,6 +78,26 @@ def spec(**overrides: Any) -> JobSpec:
     return JobSpec.model_validate(base)
 
 
+def read_job(job_id: str) -> Job:
+    with new_session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def wait_job_status(job_id: str, statuses: tuple[JobStatus, ...], *, timeout: float, logs: list[Service]) -> Job:
+    """The job once it is in one of `statuses`; fails after `timeout` with its status and the workers' logs."""
+    def reached() -> Job | None:
+        job = read_job(job_id)
+        return job if job.status in statuses else None
+
+    try:
+        return wait_for(reached, timeout=timeout, what=f"job {job_id} to be {'/'.join(statuses)}", interval=0.1)
+    except AssertionError as e:
+        shown = "\n".join(f"--- {w.name}:\n{w.log()[-3000:]}" for w in logs)
+        raise AssertionError(f"{e}; job is {read_job(job_id).status}\n{shown}") from None
+
+
 @dataclass
 class Workers:
     """Real Celery worker processes, and this process's settings pointing at the same services and folders."""
@@ -102,21 +122,10 @@ class Workers:
         return job.id
 
     def job(self, job_id: str) -> Job:
-        with new_session() as session:
-            job = session.get(Job, job_id)
-            assert job is not None
-            return job
+        return read_job(job_id)
 
     def wait_status(self, job_id: str, *statuses: JobStatus, timeout: float) -> Job:
-        def reached() -> Job | None:
-            job = self.job(job_id)
-            return job if job.status in statuses else None
-
-        try:
-            return wait_for(reached, timeout=timeout, what=f"job {job_id} to be {'/'.join(statuses)}")
-        except AssertionError as e:
-            logs = "\n".join(f"--- {w.name}:\n{w.log()[-3000:]}" for w in self.workers)
-            raise AssertionError(f"{e}; job is {self.job(job_id).status}\n{logs}") from None
+        return wait_job_status(job_id, statuses, timeout=timeout, logs=self.workers)
 
 
 @contextmanager

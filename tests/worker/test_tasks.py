@@ -27,6 +27,7 @@ from app.tables import Artifact, EpochMetric, Job, JobStatus, LossPoint, utcnow
 from spec.job import JobSpec
 from tests.app.harness import reset_caches
 from tests.processes import Service, service_env, start_worker, wait_for
+from tests.worker.conftest import read_job, wait_job_status
 from worker.hooks import EpochMetrics, Hooks, LossChunk, RunInfo
 from worker.reporter import Reporter, records_of
 from worker.training import run_job
@@ -48,21 +49,10 @@ class Stack:
             return job.id
 
     def job(self, job_id: str) -> Job:
-        with new_session() as session:
-            job = session.get(Job, job_id)
-            assert job is not None
-            return job
+        return read_job(job_id)
 
     def wait_status(self, job_id: str, *statuses: JobStatus, timeout: float) -> Job:
-        def ended() -> Job | None:
-            job = self.job(job_id)
-            return job if job.status in statuses else None
-
-        try:
-            return wait_for(ended, timeout=timeout, what=f"job {job_id} to be {'/'.join(statuses)}", interval=0.1)
-        except AssertionError as e:
-            raise AssertionError(f"{e}; job is {self.job(job_id).status}\nworker log:\n"
-                                 f"{self.worker.log()[-4000:]}") from None
+        return wait_job_status(job_id, statuses, timeout=timeout, logs=[self.worker])
 
     def db_losses(self, job_id: str) -> list[LossPoint]:
         with new_session() as session:
