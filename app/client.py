@@ -13,6 +13,7 @@ Every error answer raises ApiError, whose message is the API's own (`HTTP 404: n
 
 import json
 import mimetypes
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,10 @@ import httpx
 from app.config import Settings, get_settings
 
 KEY_FILE = "api-key"  # as app.local keeps it
+# follow(): the API unreachable (0) or briefly unable to answer: reconnect, backing off.
+RECONNECT_STATUSES = frozenset({0, 502, 503, 504})
+RECONNECT_FIRST_SECONDS = 0.5
+RECONNECT_MAX_SECONDS = 10.0
 
 
 class ApiError(Exception):
@@ -153,20 +158,30 @@ class Client:
         except httpx.HTTPError as e:
             raise ApiError(0, f"the event stream of job {job_id} broke off: {e}") from None
 
-    def follow(self, job_id: str) -> Iterator[Event]:
-        """events(), reconnecting with Last-Event-ID when the connection drops, until `end`."""
+    def follow(self, job_id: str, *, give_up_after: float = 120.0) -> Iterator[Event]:
+        """events(), reconnecting with Last-Event-ID when the connection drops (or the API answers 502, 503 or
+        504), until `end`. Reconnects wait 0.5 s, then twice as long each time up to 10 s; after give_up_after
+        seconds without an event the last error is raised."""
         last: str | None = None
+        delay, failing_since = RECONNECT_FIRST_SECONDS, None
         while True:
             try:
                 for event in self.events(job_id, last_event_id=last):
                     last = event.id or last
+                    delay, failing_since = RECONNECT_FIRST_SECONDS, None
                     yield event
                     if event.event == "end":
                         return
                 return
             except ApiError as e:
-                if e.status != 0:
+                if e.status not in RECONNECT_STATUSES:
                     raise
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since >= give_up_after:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
     def weights(self, job_id: str, dest: str | Path, *, which: str = "best") -> Path:
         return self._download(f"/jobs/{job_id}/weights", dest, params={"which": which})

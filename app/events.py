@@ -9,6 +9,7 @@ Redis Stream with XREAD BLOCK (milliseconds after a worker appends); the job's r
 again once a second, and at the end, after the worker persisted everything, once more.
 """
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -142,8 +143,10 @@ class JobEvents:
             try:
                 fresh = await LossStream.wait_after(self.client, self.job_id, after=at.step, block_ms=wait_ms)
             except RedisError:
-                fresh = []  # the database has the losses up to the last epoch: the next snapshot sends them
-                next_row = 0.0
+                # Redis is unreachable: wait as XREAD would have; the next snapshot sends what the database has
+                # (the losses up to the last epoch).
+                await asyncio.sleep(wait_ms / 1000)
+                fresh = []
             contiguous = _contiguous(fresh, after=at.step)
             if contiguous:
                 frame, at = _losses_frame(contiguous, at)

@@ -146,7 +146,8 @@ class LossStream:
                          limit: int = 10_000) -> list[LossRecord]:
         """The records with step > after, waiting up to block_ms for the first of them (XREAD BLOCK: it returns
         as soon as a worker appends, so a live client sees a chunk milliseconds after it was handed over)."""
-        found: Any = await client.xread({stream_key(job_id): f"{after}-1"}, count=limit, block=block_ms)
+        start = f"{after}-1" if after >= 0 else "0-0"  # "-1-1" is no stream id: Redis refuses it
+        found: Any = await client.xread({stream_key(job_id): start}, count=limit, block=block_ms)
         return [_record(entry_id, fields) for _, entries in found or () for entry_id, fields in entries]
 
     @staticmethod

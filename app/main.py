@@ -176,7 +176,8 @@ def create_app() -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
                            allow_headers=["authorization", "content-type", "last-event-id"],
                            expose_headers=["retry-after", "content-disposition"], max_age=600)
-    app.add_middleware(Guard, allowed_hosts=settings.allowed_hosts.split(","), cors_origins=origins)
+    app.add_middleware(Guard, allowed_hosts=settings.allowed_hosts.split(","), cors_origins=origins,
+                       loopback_only=not settings.auth)
     # Outermost of all: every answer is counted and timed, the guard's refusals too (app.metrics).
     app.add_middleware(RequestMetrics)
     for error in ERROR_STATUS:

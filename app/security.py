@@ -3,6 +3,8 @@ Host check (DNS rebinding), and no state change from another site (a cross-site 
 
 Pure ASGI middlewares (no per-request objects beyond a header list); refusals are {"detail": ...} JSON."""
 
+import ipaddress
+import logging
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -26,10 +28,24 @@ SECURITY_HEADERS = [
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
+logger = logging.getLogger(__name__)
+
 
 def is_loopback(host: str) -> bool:
-    """Whether a listening address (or a Host name) is this machine only."""
-    return host_name(host) in LOOPBACK_HOSTS or host.startswith("127.")
+    """Whether a listening address (or a Host name) is this machine only: "localhost" or a loopback IP
+    (127.0.0.0/8, ::1); a name such as "127.example.com" is not, whatever it resolves to."""
+    name = host_name(host)
+    if name == "localhost":
+        return True
+    address = _ip(name)
+    return address is not None and address.is_loopback
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 def host_name(host: str) -> str:
@@ -47,10 +63,15 @@ class Guard:
     - a state-changing request a browser sends from another site is refused (403): Sec-Fetch-Site
       cross-site, or an Origin that is neither this server nor an allowed CORS origin. Keys travel only in a
       header, which a cross-site form cannot set; this holds when auth is off too;
-    - every answer gets the security headers."""
+    - with auth off (loopback_only), a request from another machine is refused (403), whatever address the
+      server was bound to (the launchers already refuse to listen beyond loopback);
+    - every answer gets the security headers, a 500 from an unexpected error too (it is logged here, and the
+      answer says no more than that)."""
 
-    def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str], cors_origins: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str], cors_origins: Iterable[str],
+                 loopback_only: bool = False) -> None:
         self.app = app
+        self.loopback_only = loopback_only
         hosts = [h.strip().lower() for h in allowed_hosts if h.strip()]
         self.any_host = "*" in hosts or not hosts
         self.hosts = frozenset(host_name(h) for h in hosts)
@@ -59,6 +80,10 @@ class Guard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if self.loopback_only and not _local_peer(scope):
+            await _refuse(scope, receive, send, 403, "auth is off (TAAS_AUTH=false): this server answers requests "
+                          "from this machine only")
             return
         unsafe = scope["method"] in UNSAFE_METHODS
         if unsafe or not self.any_host:
@@ -73,14 +98,24 @@ class Guard:
                               "in the Authorization header)")
                 return
 
+        started = False
+
         async def sending(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 present = {name.lower() for name, _ in message.get("headers", [])}
                 message["headers"] = list(message.get("headers", [])) + [
                     (name, value) for name, value in SECURITY_HEADERS if name not in present]
             await send(message)
 
-        await self.app(scope, receive, sending)
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            if started:
+                raise  # the answer is on its way: the server closes the connection
+            logger.exception("%s %s failed", scope["method"], scope.get("path", ""))
+            await _refuse(scope, receive, send, 500, "internal server error: it was logged on the server")
 
     def _cross_site(self, headers: Headers, host: str) -> bool:
         if headers.get("sec-fetch-site", "").lower() == "cross-site":
@@ -92,6 +127,14 @@ class Guard:
         if origin in self.origins:
             return False
         return urlsplit(origin).netloc != host.strip().lower()
+
+
+def _local_peer(scope: Scope) -> bool:
+    """Whether the request comes from this machine: a loopback peer, or no IP peer at all (a Unix socket, an
+    in-process client)."""
+    client = scope.get("client")
+    address = _ip(client[0]) if client else None
+    return address is None or address.is_loopback
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:

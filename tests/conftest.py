@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.prerequisites import missing
 from tests.tiny_data import write_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -25,9 +26,9 @@ def tiny_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def real_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of ../shared/data (never written into); skips when it is not beside the checkout."""
+    """A copy of ../shared/data (never written into); see missing() when it is not beside the checkout."""
     if not (SHARED_DATA / "FashionMNIST" / "raw").is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA}")
+        missing(f"real data not found at {SHARED_DATA} (or run -m 'not slow')")
     import shutil
 
     root = tmp_path_factory.mktemp("realdata")

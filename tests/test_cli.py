@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from app.cli import cli
-from app.client import ApiError
+from app.client import ApiError, Client
 from tests.archives import bars, class_folders, zip_of
 from tests.processes import ROOT, service_env, wait_for
 from tests.processes import compose_topology as topology
@@ -124,3 +125,34 @@ def test_an_error_is_one_line_and_a_non_zero_exit(stack: tuple[str, str]):
     run = subprocess.run([sys.executable, "-m", "app.cli", "--url", "http://127.0.0.1:1", "jobs"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT, env=service_env({}))
     assert run.returncode == 1 and "cannot reach the API at http://127.0.0.1:1" in run.stderr
+
+
+def test_the_url_and_key_come_from_the_environment_else_the_state_folder(stack: tuple[str, str], tmp_path: Path):
+    url, key = stack
+
+    def jobs(settings: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "app.cli", "jobs"], capture_output=True, text=True,
+                              timeout=60, cwd=cwd, env=service_env(settings, PYTHONPATH=str(ROOT)))
+
+    assert jobs({"api_url": url, "api_key": key}, tmp_path).returncode == 0
+    assert jobs({"api_url": url}, tmp_path).returncode == 1  # no key anywhere: 401
+    # The key `taas up` keeps: ./.taas/api-key by default, or TAAS_STATE_DIR's.
+    (tmp_path / ".taas").mkdir()
+    (tmp_path / ".taas" / "api-key").write_text(key + "\n")
+    assert jobs({"api_url": url}, tmp_path).returncode == 0
+    elsewhere = tmp_path / "state"
+    elsewhere.mkdir()
+    (elsewhere / "api-key").write_text(key)
+    assert jobs({"api_url": url, "state_dir": str(elsewhere)}, ROOT).returncode == 0
+    # TAAS_API_KEY wins over the state folder's.
+    refused = jobs({"api_url": url, "api_key": "taas_wrong"}, tmp_path)
+    assert refused.returncode == 1 and refused.stderr.startswith("taas: HTTP 401: ")
+
+
+def test_following_an_api_that_is_gone_backs_off_then_gives_up():
+    started = time.monotonic()
+    with Client("http://127.0.0.1:1", "taas_unused") as gone, pytest.raises(ApiError) as failed:
+        list(gone.follow("0" * 32, give_up_after=1.2))
+    assert failed.value.status == 0
+    # Reconnects after 0.5 s and 1 s (then the 1.2 s are spent), not a tight loop of refused connections.
+    assert time.monotonic() - started >= 1.4

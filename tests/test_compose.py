@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from app.config import CLIENT_SETTINGS, Settings
+from tests.prerequisites import missing
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -135,7 +136,7 @@ def _compose_binary() -> str | None:
 def test_docker_compose_config_accepts_it(files: list[Path], tmp_path: Path) -> None:
     binary = _compose_binary()
     if binary is None:
-        pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
+        missing("docker-compose is not installed (apt-get install docker-compose)")
     env_file = tmp_path / "empty.env"
     env_file.write_text("")
     args = [binary, "--env-file", str(env_file)] + [a for f in files for a in ("-f", str(f))] + ["config"]

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from starlette.types import Receive, Scope, Send
 
 from app.db import session_scope
 from app.limits import Limits
 from app.main import create_app
+from app.security import Guard, is_loopback
 from app.tables import ApiKey, AuditEvent, JobStatus
 from tests.app.harness import ApiEnv, add_job, api_client, api_key, bearer, cleanup, configure
 
@@ -87,6 +89,25 @@ def test_the_rate_limit_answers_429_with_retry_after_across_processes(env: ApiEn
         # Another key of the same owner has its own count.
         with TestClient(create_app(), headers=bearer(api_key(env.owner))) as other:
             assert other.post("/jobs", json=TINY).status_code == 201
+
+
+def test_predict_and_v2_infer_share_the_predict_rate_of_a_key(env: ApiEnv):
+    key = api_key(env.owner, limits=Limits(predict_rate="2/minute"))
+    missing_job = "0" * 32  # counted before the job is looked up: a refused request costs the API nothing more
+    with TestClient(create_app(), headers=bearer(key)) as client:
+        image = {"files": ("a.png", b"\x89PNG not really", "image/png")}
+        assert client.post("/predict", data={"job_id": missing_job}, files=image).status_code == 404
+        infer = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [0.0] * 784}]}
+        assert client.post(f"/v2/models/{missing_job}/infer", json=infer).status_code == 404
+        for refused in (client.post("/predict", data={"job_id": missing_job}, files=image),
+                        client.post(f"/v2/models/{missing_job}/infer", json=infer)):
+            assert refused.status_code == 429, refused.text
+            assert int(refused.headers["retry-after"]) >= 1
+            body = refused.json()
+            detail = body.get("detail") or body["error"]  # v2 answers {"error": ...}
+            assert "2 per 1 minute" in detail and "TAAS_LIMIT_PREDICT_RATE" in detail
+        # Other routes are not counted against it.
+        assert client.get("/jobs").status_code == 200
 
 
 def test_the_queue_quota_answers_429_until_a_job_ends(env: ApiEnv):
@@ -174,20 +195,47 @@ def test_a_cross_site_form_post_cannot_change_anything(client: TestClient, env: 
 
 
 def test_auth_off_serves_the_local_owner_and_refuses_to_listen_beyond_loopback(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, migrated_postgres: str, redis_url: str):
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, migrated_postgres: str, redis_url: str,
+        capsys: pytest.CaptureFixture[str]):
     env = configure(monkeypatch, tmp_path, database_url=migrated_postgres, redis_url=redis_url, AUTH="false")
     try:
         with TestClient(create_app()) as client:
             job = client.post("/jobs", json=TINY).json()
             assert client.get(f"/jobs/{job['id']}").status_code == 200
             assert client.get("/keys").status_code == 200  # the local owner is the admin
+            # Whatever address it was bound to, the app answers only this machine's requests.
+            remote = TestClient(client.app, client=("192.0.2.7", 40000))
+            refused_remote = remote.get(f"/jobs/{job['id']}")
+            assert refused_remote.status_code == 403 and "TAAS_AUTH=false" in refused_remote.json()["detail"]
+        from app.local import UpOptions, up
         from app.server import main as server_main
 
-        with pytest.raises(SystemExit) as refused:
-            server_main(["--host", "0.0.0.0", "--port", "1"])
-        assert refused.value.code == 2
+        for host in ("0.0.0.0", "192.0.2.7", "127.example.com"):
+            with pytest.raises(SystemExit) as refused:
+                server_main(["--host", host, "--port", "1"])
+            assert refused.value.code == 2
+            assert f"the API listens only on a loopback address, not {host!r}" in capsys.readouterr().err
+            assert up(UpOptions(host=host, port=1, workers=0)) == 2
+            assert "only listens on a loopback address" in capsys.readouterr().err
     finally:
         cleanup(env, redis_url)
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("127.3.2.1:8000", True), ("localhost:8000", True), ("[::1]:8000", True),
+    ("::1", True), ("0.0.0.0", False), ("127.example.com", False), ("192.0.2.7", False), ("", False)])
+def test_loopback_means_this_machine_only(host: str, loopback: bool):
+    assert is_loopback(host) is loopback
+
+
+def test_an_unexpected_error_answers_500_with_the_security_headers():
+    async def failing(scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("/srv/secret/path exploded")
+
+    guarded = Guard(failing, allowed_hosts=["*"], cors_origins=[])
+    answer = TestClient(guarded, raise_server_exceptions=False).get("/anything")
+    assert answer.status_code == 500 and answer.headers["x-content-type-options"] == "nosniff"
+    assert answer.json() == {"detail": "internal server error: it was logged on the server"}
 
 
 def test_answers_carry_security_headers_and_no_cors_unless_configured(client: TestClient):

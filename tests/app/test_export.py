@@ -4,6 +4,7 @@ probabilities POST /predict gives on the same images; each is produced once and 
 import io
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -11,8 +12,6 @@ from PIL import Image
 
 from app.tables import JobStatus
 from tests.app.harness import ApiEnv, add_job, write_weights
-
-ort = pytest.importorskip("onnxruntime")
 
 MLP = {"dataset": {"name": "fashion-mnist"}, "model": {"arch": "mlp"}}
 LENET_NORMALIZED = {"dataset": {"name": "mnist", "normalize": True}, "model": {"arch": "lenet5"}}

@@ -13,15 +13,14 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from tritonclient import http as httpclient
+from tritonclient._plugin import InferenceServerClientPlugin
+from tritonclient.utils import InferenceServerException
 
 from app.local import free_port
 from app.tables import JobStatus
 from tests.app.harness import ApiEnv, add_job, api_key, bearer, write_weights
 from tests.processes import Service, start_api, wait_healthy
-
-httpclient = pytest.importorskip("tritonclient.http")
-from tritonclient._plugin import InferenceServerClientPlugin  # noqa: E402
-from tritonclient.utils import InferenceServerException  # noqa: E402
 
 LENET = {"dataset": {"name": "fashion-mnist"}, "model": {"arch": "lenet5"}}
 

@@ -185,6 +185,12 @@ def test_not_an_image_is_415_and_a_broken_one_400(client: TestClient, job_id: st
     # A PPM header that promises more than 8 bits per sample: Pillow's ValueError at open.
     r = post(client, job_id, [("deep.ppm", b"P5 2 2 70000\n" + bytes(8))])
     assert r.status_code == 400 and "'deep.ppm' is broken" in r.json()["detail"]
+    # Formats Pillow decodes but the service does not document (PCX, ICO, TGA) are not images to it.
+    for fmt, name in (("PCX", "old.pcx"), ("ICO", "icon.ico"), ("TGA", "shot.tga")):
+        buffer = io.BytesIO()
+        Image.fromarray(images(1)[0]).save(buffer, fmt)
+        r = post(client, job_id, [(name, buffer.getvalue())])
+        assert r.status_code == 415 and f"{name!r} is not an image" in r.json()["detail"], (fmt, r.text)
 
 
 def damaged(data: bytes, rng: random.Random) -> list[bytes]:

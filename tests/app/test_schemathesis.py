@@ -35,7 +35,6 @@ def api(env: ApiEnv, tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Serv
         service.stop()
 
 
-@pytest.mark.skipif(not SCHEMATHESIS.exists(), reason="schemathesis is not installed (pip install -e '.[dev]')")
 def test_every_operation_conforms_and_never_fails(api: tuple[str, dict[str, str], Service], tmp_path: Path) -> None:
     base, auth, service = api
     (name, value), = auth.items()

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from playwright import sync_api
 
+from tests.prerequisites import missing
 from tests.processes import compose_topology
 
 if TYPE_CHECKING:
@@ -29,10 +31,9 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator["Browser"]:
-    """A headless Chromium; the module's tests skip when the system has none (CI installs `chromium`)."""
+    """A headless Chromium (the system's: CI installs `chromium`)."""
     if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium): the browser tests need one")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[dev]'")
+        missing(f"no Chromium at {CHROMIUM} (apt-get install chromium fonts-liberation): the browser tests need one")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:

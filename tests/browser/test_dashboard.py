@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 from PIL import Image
+from playwright.sync_api import expect
+from safetensors.torch import load_file
 
 from spec.datasets import BUILTIN_DATASETS
 from tests.archives import bars, class_folders, png, zip_of
@@ -24,7 +27,6 @@ from tests.tiny_data import make_images
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-expect = pytest.importorskip("playwright.sync_api", reason="playwright is not installed").expect
 
 README_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
 EPOCHS = 20
@@ -223,6 +225,43 @@ def test_sign_in_submit_watch_it_train_and_predict(tab: Tab, stack: Stack, scree
     page.screenshot(path=screenshots / "jobs.png")
     assert tab.foreign_requests(stack.url) == []
     # Chromium logs the sign-in probe's 401 (no key yet) as a failed load; anything else is a fault.
+    assert [e for e in tab.errors if "status of 401" not in e] == []
+
+
+def test_download_weights_delete_and_cancel_from_the_job_page(tab: Tab, stack: Stack, screenshots: Path,
+                                                              tmp_path: Path):
+    page = tab.page
+    spec = {"dataset": {"name": "fashion-mnist"}, "model": {"arch": "mlp"}, "batch_size": 8, "device": "cpu"}
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.key}"}, timeout=30) as api:
+        done = api.post("/jobs", json={**spec, "name": "to-delete", "epochs": 1}).json()["id"]
+        sign_in(page, stack)
+        page.goto(f"{stack.url}/#/jobs/{done}")
+        expect(page.locator("#job-status")).to_have_attribute("data-status", "succeeded", timeout=TRAINED_MS)
+        for which in ("best", "last"):
+            with page.expect_download() as downloading:
+                page.click(f"#weights-{which}")
+            saved = tmp_path / f"{which}.safetensors"
+            downloading.value.save_as(saved)
+            assert downloading.value.suggested_filename == f"{done}-{which}.safetensors"
+            assert saved.read_bytes() == api.get(f"/jobs/{done}/weights", params={"which": which}).content
+            assert set(load_file(saved)) == {"linear_relu_stack.0.weight", "linear_relu_stack.0.bias",
+                                             "linear_relu_stack.2.weight", "linear_relu_stack.2.bias",
+                                             "linear_relu_stack.4.weight", "linear_relu_stack.4.bias"}
+        # Delete asks again before it acts; then the job is gone, with its files.
+        page.get_by_role("button", name="Delete").click()
+        page.get_by_role("button", name="Really delete?").click()
+        expect(page.locator("#notice")).to_contain_text("Job deleted.")
+        page.wait_for_url("**/#/jobs")
+        assert api.get(f"/jobs/{done}").status_code == 404
+
+        running = api.post("/jobs", json={**spec, "name": "to-cancel", "epochs": 500}).json()["id"]
+        page.goto(f"{stack.url}/#/jobs/{running}")
+        expect(page.locator("#job-status")).to_have_attribute("data-status", "running", timeout=WAIT_MS)
+        expect(page.get_by_role("button", name="Delete")).to_have_count(0)  # a running job is cancelled first
+        page.click("#cancel")
+        expect(page.locator("#job-status")).to_have_attribute("data-status", "cancelled", timeout=WAIT_MS)
+        page.screenshot(path=screenshots / "cancelled.png")
+        assert api.get(f"/jobs/{running}").json()["status"] == "cancelled"
     assert [e for e in tab.errors if "status of 401" not in e] == []
 
 
