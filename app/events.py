@@ -25,7 +25,7 @@ from app.db import Database
 from app.errors import BadCursor
 from app.loss_stream import LossRecord, LossStream
 from app.schemas import EpochMetricPublic, JobPublic
-from app.tables import TERMINAL, Job
+from app.tables import TERMINAL, Job, JobStatus
 
 # How often the job's row and metrics are read again (status, epochs) while the stream waits for losses.
 ROW_SECONDS = 1.0
@@ -148,6 +148,11 @@ class JobEvents:
                 await asyncio.sleep(wait_ms / 1000)
                 fresh = []
             contiguous = _contiguous(fresh, after=at.step)
+            if contiguous and at.status != JobStatus.running:
+                # The first losses of a run: its status first (the row, then these losses from the record), so
+                # a client never sees a queued job's losses.
+                next_row = 0.0
+                continue
             if contiguous:
                 frame, at = _losses_frame(contiguous, at)
                 quiet_since = time.monotonic()

@@ -42,10 +42,14 @@ def is_loopback(host: str) -> bool:
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in text ("::ffff:127.0.0.1", as a dual-stack socket shows an IPv4 peer, as IPv4)."""
     try:
-        return ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def host_name(host: str) -> str:

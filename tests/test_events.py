@@ -45,6 +45,8 @@ def test_a_client_cut_off_mid_job_resumes_with_no_gap_and_no_duplicate(api: tupl
         if event.event == "loss":
             break
     assert first[-1].event == "loss" and all(e.id for e in first)
+    # A run's losses come after its status: the client saw "running" before the first loss.
+    assert [e.data["status"] for e in first if e.event == "status"][-1] == "running", [e.event for e in first]
     assert taas.job(job_id)["status"] in ("queued", "running"), "the job ended before the cut: make it longer"
     rest = list(taas.events(job_id, last_event_id=first[-1].id))
     got = summary(first + rest)

@@ -223,7 +223,8 @@ def test_auth_off_serves_the_local_owner_and_refuses_to_listen_beyond_loopback(
 
 @pytest.mark.parametrize(("host", "loopback"), [
     ("127.0.0.1", True), ("127.3.2.1:8000", True), ("localhost:8000", True), ("[::1]:8000", True),
-    ("::1", True), ("0.0.0.0", False), ("127.example.com", False), ("192.0.2.7", False), ("", False)])
+    ("::1", True), ("::ffff:127.0.0.1", True), ("0.0.0.0", False), ("::ffff:192.0.2.7", False),
+    ("127.example.com", False), ("192.0.2.7", False), ("", False)])
 def test_loopback_means_this_machine_only(host: str, loopback: bool):
     assert is_loopback(host) is loopback
 

@@ -250,8 +250,9 @@ def test_download_weights_delete_and_cancel_from_the_job_page(tab: Tab, stack: S
         # Delete asks again before it acts; then the job is gone, with its files.
         page.get_by_role("button", name="Delete").click()
         page.get_by_role("button", name="Really delete?").click()
-        expect(page.locator("#notice")).to_contain_text("Job deleted.")
         page.wait_for_url("**/#/jobs")
+        expect(page.locator("#notice")).to_have_text("Job deleted.")  # carried over to the jobs page
+        expect(page.locator(f"#jobs tr[data-job-id='{done}']")).to_have_count(0)
         assert api.get(f"/jobs/{done}").status_code == 404
 
         running = api.post("/jobs", json={**spec, "name": "to-cancel", "epochs": 500}).json()["id"]

@@ -299,7 +299,11 @@ def test_a_worker_frozen_past_its_lease_writes_nothing_after_waking(two_workers:
     assert after["stream"] == before["stream"] and [r.step for r in after["stream"]] == list(range(STEPS))
     assert not storage.attempt_dirs(storage.job_dir(two_workers.settings.artifacts_path, job_id))
     assert frozen.alive()
-    # It did try: its epochs were staged and discarded, its losses refused by the stream.
+    # It did try, and was refused. Which refusal depends on where the freeze caught it: an epoch's files staged
+    # and discarded, the epoch's tail not recorded, pending losses refused by the stream, or (frozen while
+    # saving) its staging folder gone, removed by the new holder when it claimed the job.
     log = frozen.log()
-    assert f"job {job_id}: lease lost" in log and "files discarded" in log
-    assert "the loss stream refused" in log
+    assert f"job {job_id}: lease lost" in log
+    refusals = ("files discarded", "lease lost; not recording epoch", "the loss stream refused")
+    staging = storage.attempt_dir(Path("."), job.lease_owner).name
+    assert any(refusal in log for refusal in refusals) or ("FileNotFoundError" in log and staging in log), log[-4000:]

@@ -24,7 +24,15 @@ export function show(text, kind = "error") {
   if (text && kind !== "error") show.timer = setTimeout(() => { notice.hidden = true; }, 4000);
 }
 
-export const clearNotice = () => show("");
+// A notice for the page navigated to next: navigation clears the notice on screen, then shows this one.
+let carried = null;
+export function carryNotice(text, kind = "info") { carried = [text, kind]; }
+
+export function clearNotice() {
+  const next = carried || [""];
+  carried = null;
+  show(...next);
+}
 
 // Runs an action, showing the API's message if it fails; returns its value (undefined on failure).
 export async function attempt(action) {

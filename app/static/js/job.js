@@ -4,7 +4,7 @@
 import { download, getJSON, sendJSON } from "./api.js";
 import { EpochChart, LossChart } from "./charts.js";
 import {
-  attempt, between, confirmButton, h, jobTitle, percent, progressBar, seconds, show, when,
+  attempt, between, carryNotice, confirmButton, h, jobTitle, percent, progressBar, seconds, show, when,
 } from "./dom.js";
 import { predictPanel } from "./predict.js";
 import { follow } from "./sse.js";
@@ -118,7 +118,7 @@ export async function jobView(main, { id, signal }) {
     if (job.status !== "running") {
       buttons.push(confirmButton("Delete", "Really delete?", () => attempt(async () => {
         await sendJSON("DELETE", path);
-        show("Job deleted.", "info");
+        carryNotice("Job deleted.");
         location.hash = "#/jobs";
       })));
     }
