@@ -111,15 +111,9 @@ async def get_served(request: Request) -> ServedModels:
 PredictBatcher = Batcher[Work, np.ndarray]
 
 
-async def get_batcher(request: Request) -> PredictBatcher:
-    batcher: PredictBatcher = request.app.state.batcher
-    return batcher
-
-
 DbDep = Annotated[Database, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(settings_dep)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 AdminDep = Annotated[Principal, Depends(get_admin)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
 ServedDep = Annotated[ServedModels, Depends(get_served)]
-BatcherDep = Annotated[PredictBatcher, Depends(get_batcher)]

@@ -14,7 +14,7 @@ would let any stale worker write after every Redis restart.
 """
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -170,6 +170,3 @@ def _record(entry_id: bytes | str, fields: dict[bytes | str, bytes | str]) -> Lo
          for k, v in fields.items()}
     return LossRecord(_step(entry_id), int(f["epoch"]), int(f["batch"]), float(f["loss"]), float(f["t"]))
 
-
-def as_dicts(records: Sequence[LossRecord]) -> list[dict[str, float | int]]:
-    return [asdict(r) for r in records]

@@ -14,8 +14,6 @@ from rich.table import Table
 from app.commands.context import client, err, out
 from app.commands.progress import follow, metrics_table
 
-FINAL = ("succeeded", "failed", "cancelled")
-
 
 def read_spec(path: str) -> dict[str, Any]:
     """A JobSpec from a .json or .yaml/.yml file ("-": standard input, JSON or YAML)."""
