@@ -55,8 +55,15 @@ CUT_TWICE = """async (path) => {
         lastEventIds.push(new Headers(init.headers).get("Last-Event-ID"));
         if (lastEventIds.length > 2) return response;
         const reader = response.body.getReader();
-        let previous = 0, left = null;
+        let previous = 0, left = null, cut = false;
         const body = new ReadableStream({ async pull(controller) {
+            if (cut) {
+                // The bytes before the cut were delivered (an error at once would discard what is still queued
+                // in the page's decoder); now the connection dies.
+                await new Promise((resolve) => setTimeout(resolve, 250));
+                reader.cancel();
+                return controller.error(new TypeError("connection lost"));
+            }
             const { value, done } = await reader.read();
             if (done) return controller.close();
             let end = value.length;
@@ -66,7 +73,7 @@ CUT_TWICE = """async (path) => {
                 previous = value[i];
             }
             controller.enqueue(value.slice(0, end));
-            if (end < value.length) { reader.cancel(); controller.error(new TypeError("connection lost")); }
+            cut = end < value.length;
         } });
         return new Response(body, { status: response.status, headers: response.headers });
     };
