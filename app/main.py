@@ -23,6 +23,7 @@ from app.body_limit import BodyLimit
 from app.config import get_settings
 from app.db import Database
 from app.fast_reads import FastReads, SqliteKeys
+from app.job_poll import JobPoll
 from app.keys import keys_by_hash
 from app.limits import EffectiveLimits
 from app.metrics import RequestMetrics, process_exited
@@ -169,6 +170,7 @@ def create_app() -> FastAPI:
     )
     app.state.db = None
     # Outermost last: the guard and the headers see every answer, the audit log every state change.
+    app.add_middleware(JobPoll, on_error=_domain_error)
     app.add_middleware(BodyLimit, max_bytes=body_limit)
     app.add_middleware(AuditLog, database=lambda: app.state.db)
     origins = [o for o in settings.cors_origins.split(",") if o.strip()]

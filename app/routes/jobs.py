@@ -17,7 +17,6 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from app import cursors, export, jobs, storage
-from app.auth import key_hash
 from app.config import get_settings
 from app.db import Database
 from app.deps import (
@@ -28,15 +27,13 @@ from app.deps import (
     RedisDep,
     ServedDep,
     SettingsDep,
-    authenticated,
     get_principal,
-    presented_key,
     rate_limited,
 )
 from app.errors import NotFound
 from app.export import ExportFormat
 from app.fast_reads import FastReads
-from app.keys import principal_of
+from app.job_poll import read_job
 from app.loss_stream import LossRecord
 from app.schemas import (
     EpochMetricPublic,
@@ -87,17 +84,12 @@ async def list_jobs(
 @router.get("/{job_id}", response_model=JobPublic, responses=error_responses(404))
 async def get_job(job_id: str, request: Request, credentials: BearerDep) -> Response:
     """A job's status, progress, timings, result and error."""
-    # The route every dashboard polls: its clients come from app.state rather than from dependencies
-    # (each one a coroutine FastAPI resolves per request), and on PostgreSQL the key and the job are read in
-    # one statement (app.fast_reads), batched with concurrent requests'.
+    # The route every dashboard polls: on PostgreSQL with keys on, app.job_poll answers it before FastAPI's
+    # routing (this branch serves an app built without that layer). Its clients come from app.state rather
+    # than from dependencies (each one a coroutine FastAPI resolves per request).
     reads: FastReads | None = request.app.state.fast_reads
-    settings = get_settings()
-    if reads is not None and settings.auth:
-        key_row, job = await reads.key_and_job(key_hash(presented_key(credentials)), job_id)
-        authenticated(request, principal_of(key_row, settings))
-        if job is None:
-            raise jobs.job_not_found(job_id)
-        return json_response(JobPublic.of(job, live_step=await reads.live_step(job)))
+    if reads is not None and get_settings().auth:
+        return json_response(await read_job(request, reads, credentials, job_id))
     owner = (await get_principal(request, credentials)).owner
     if reads is not None:  # auth off, on PostgreSQL
         job = await reads.job(owner=owner, job_id=job_id)

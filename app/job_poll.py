@@ -1,0 +1,93 @@
+"""GET /jobs/{id} on PostgreSQL with keys on, answered without FastAPI's per-request machinery.
+
+It is the route every dashboard, notebook and script polls, and it does one thing: one batched statement for
+the key and the job (app.fast_reads), the job's live step, the job as JSON. Through FastAPI's routing,
+dependency solving and exception layers, that machinery cost more CPU than the read itself (py-spy, one API
+process, 64 clients: about 30 % of the process, the read and the JSON 20 %); here the request goes from our
+middlewares (metrics, the guard and its security headers) straight to the read, so under the same load a core
+answers more polls and each waits less.
+
+The answers are FastAPI's own: the same JobPublic JSON, and the app's error handler for every refusal (401 with
+WWW-Authenticate, 404, 503 with Retry-After). The route stays declared in app.routes.jobs (the OpenAPI schema,
+and the path taken by SQLite, auth off, and any request this one does not match exactly).
+"""
+
+import re
+from collections.abc import Awaitable, Callable
+
+from fastapi.security import HTTPAuthorizationCredentials
+from fastapi.security.utils import get_authorization_scheme_param
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.auth import key_hash
+from app.config import get_settings
+from app.deps import authenticated, presented_key
+from app.errors import DomainError
+from app.fast_reads import FastReads
+from app.jobs import job_not_found
+from app.keys import principal_of
+from app.schemas import JobPublic
+
+# As the router matches "/jobs/{job_id}": one path segment.
+PATH = re.compile(r"/jobs/([^/]+)")
+ROUTE = "/jobs/{job_id}"
+
+ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+async def read_job(request: Request, reads: FastReads, credentials: HTTPAuthorizationCredentials | None,
+                   job_id: str) -> JobPublic:
+    """The key and the job in one statement, batched with concurrent requests' (app.fast_reads): the job if the
+    key is valid and the job its owner's; Unauthorized, NotFound, Unavailable otherwise."""
+    key_row, job = await reads.key_and_job(key_hash(presented_key(credentials)), job_id)
+    authenticated(request, principal_of(key_row, get_settings()))
+    if job is None:
+        raise job_not_found(job_id)
+    return JobPublic.of(job, live_step=await reads.live_step(job))
+
+
+class _Route:
+    """What the router leaves in scope["route"] for the layers above (app.metrics labels by its path)."""
+
+    path = ROUTE
+
+
+class JobPoll:
+    """An ASGI middleware (the innermost of ours): answers GET /jobs/{id} itself when the app reads PostgreSQL
+    with keys on; passes every other request on."""
+
+    def __init__(self, app: ASGIApp, *, on_error: ErrorHandler) -> None:
+        self.app = app
+        self.on_error = on_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith("/jobs/"):
+            await self.app(scope, receive, send)
+            return
+        match = PATH.fullmatch(scope["path"])
+        reads: FastReads | None = getattr(scope["app"].state, "fast_reads", None)
+        settings = get_settings()
+        if match is None or reads is None or not settings.auth:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = _Route
+        job_id = match.group(1)
+        request = Request(scope, receive)
+        try:
+            body = (await read_job(request, reads, _bearer(request), job_id)).model_dump_json()
+        except DomainError as e:
+            response = await self.on_error(request, e)
+        else:
+            response = Response(body, media_type="application/json")
+        await response(scope, receive, send)
+
+
+def _bearer(request: Request) -> HTTPAuthorizationCredentials | None:
+    """The Authorization header's Bearer credentials, read as FastAPI's HTTPBearer(auto_error=False) reads them."""
+    authorization = request.headers.get("authorization")
+    scheme, credentials = get_authorization_scheme_param(authorization)
+    if not (authorization and scheme and credentials) or scheme.lower() != "bearer":
+        return None
+    return HTTPAuthorizationCredentials(scheme=scheme, credentials=credentials)

@@ -1,0 +1,87 @@
+"""GET /jobs/{id}'s fast path (app.job_poll) answers exactly as the FastAPI route does, and is the path taken."""
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+import app.routes.jobs
+from app.job_poll import JobPoll
+from app.main import create_app
+from app.tables import JobStatus
+
+from .harness import ApiEnv, add_job, api_key, bearer
+
+
+def without_fast_path() -> FastAPI:
+    application = create_app()
+    application.user_middleware = [m for m in application.user_middleware if m.cls is not JobPoll]
+    return application
+
+
+@pytest.fixture
+def pair(env: ApiEnv) -> Iterator[tuple[TestClient, TestClient]]:
+    with TestClient(create_app()) as fast, TestClient(without_fast_path()) as routed:
+        yield fast, routed
+
+
+def answer(client: TestClient, method: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    r = client.request(method, path, headers=headers, follow_redirects=False)
+    return r.status_code, dict(r.headers), r.content
+
+
+def test_every_answer_is_the_routes_own(env: ApiEnv, pair: tuple[TestClient, TestClient]):
+    fast, routed = pair
+    key, other_key = api_key(env.owner), api_key(f"{env.owner}-other")
+    mine = add_job(env, status=JobStatus.succeeded, result={"test_accuracy": 0.7})
+    queued = add_job(env, status=JobStatus.queued)
+    theirs = add_job(env, owner=f"{env.owner}-other")
+    cases = [
+        ("GET", f"/jobs/{mine}", bearer(key)),
+        ("GET", f"/jobs/{queued}", bearer(key)),
+        ("GET", f"/jobs/{theirs}", bearer(key)),  # another owner's: 404, as for an id that does not exist
+        ("GET", f"/jobs/{theirs}", bearer(other_key)),
+        ("GET", "/jobs/" + "0" * 32, bearer(key)),
+        ("GET", "/jobs/not-an-id", bearer(key)),
+        ("GET", "/jobs/%00%27", bearer(key)),
+        ("GET", f"/jobs/{mine}?unused=1", bearer(key)),
+        ("GET", f"/jobs/{mine}", {}),
+        ("GET", f"/jobs/{mine}", {"Authorization": "Bearer"}),
+        ("GET", f"/jobs/{mine}", {"Authorization": "Basic dXNlcjpwdw=="}),
+        ("GET", f"/jobs/{mine}", {"Authorization": f"bearer  {key}"}),  # the scheme is case-insensitive
+        ("GET", f"/jobs/{mine}", bearer("taas_" + "A" * 43)),
+        ("GET", f"/jobs/{mine}/", bearer(key)),
+        ("HEAD", f"/jobs/{mine}", bearer(key)),
+    ]
+    statuses = []
+    for method, path, headers in cases:
+        got, expected = answer(fast, method, path, headers), answer(routed, method, path, headers)
+        assert got == expected, (method, path, headers)
+        statuses.append(got[0])
+    assert statuses[:8] == [200, 200, 404, 200, 404, 404, 404, 200]
+    assert statuses[8:] == [401, 401, 401, 200, 401, 307, 405]
+    assert fast.get(f"/jobs/{mine}", headers=bearer(key)).json()["result"]["test_accuracy"] == 0.7
+
+
+def test_the_fast_path_answers_before_the_route_and_is_counted_under_its_template(
+        env: ApiEnv, pair: tuple[TestClient, TestClient], monkeypatch: pytest.MonkeyPatch):
+    fast, _ = pair
+    admin = api_key(env.owner, admin=True)
+    job = add_job(env)
+
+    def not_here(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the FastAPI route was reached")
+
+    monkeypatch.setattr(app.routes.jobs, "read_job", not_here)
+    for _ in range(3):
+        r = fast.get(f"/jobs/{job}", headers=bearer(admin))
+        assert r.status_code == 200 and r.json()["id"] == job
+        assert r.headers["x-content-type-options"] == "nosniff"  # the guard's headers, as on every answer
+    assert fast.get("/jobs/" + "0" * 32, headers=bearer(admin)).status_code == 404
+    exposition = fast.get("/metrics", headers=bearer(admin)).text
+    counts = {(s.labels["route"], s.labels["status"]): s.value
+              for family in text_string_to_metric_families(exposition) if family.name == "taas_http_requests"
+              for s in family.samples if s.name == "taas_http_requests_total" and s.labels["method"] == "GET"}
+    assert counts[("/jobs/{job_id}", "200")] >= 3 and counts[("/jobs/{job_id}", "404")] >= 1
