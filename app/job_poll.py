@@ -4,11 +4,12 @@ It is the route every dashboard, notebook and script polls, and it does one thin
 the key and the job (app.fast_reads), the job's live step, the job as JSON. Through FastAPI's routing,
 dependency solving and exception layers, that machinery cost more CPU than the read itself (py-spy, one API
 process, 64 clients: about 30 % of the process, the read and the JSON 20 %); here the request goes from our
-middlewares (metrics, the guard and its security headers) straight to the read, so under the same load a core
-answers more polls and each waits less.
+middlewares (metrics, the guard and its security headers; the others let a GET through) straight to the read,
+so under the same load a core answers more polls and each waits less.
 
-The answers are FastAPI's own: the same JobPublic JSON, and the app's error handler for every refusal (401 with
-WWW-Authenticate, 404, 503 with Retry-After). The route stays declared in app.routes.jobs (the OpenAPI schema,
+The answers are the route's own: the same JobPublic JSON, and the app's handler of domain errors for every
+refusal (401 with WWW-Authenticate, 404, 503 with Retry-After); any other error reaches the guard's logged 500,
+as it did through the route. The route stays declared in app.routes.jobs (the OpenAPI schema,
 and the path taken by SQLite, auth off, and any request this one does not match exactly).
 """
 
@@ -63,10 +64,12 @@ class JobPoll:
         self.on_error = on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith("/jobs/"):
+        if scope["type"] != "http" or scope["method"] != "GET":
             await self.app(scope, receive, send)
             return
-        match = PATH.fullmatch(scope["path"])
+        # The path as the router matches it: behind a root_path (uvicorn --root-path), without it.
+        path = scope["path"].removeprefix(scope.get("root_path", ""))
+        match = PATH.fullmatch(path) if path.startswith("/jobs/") else None
         reads: FastReads | None = getattr(scope["app"].state, "fast_reads", None)
         settings = get_settings()
         if match is None or reads is None or not settings.auth:

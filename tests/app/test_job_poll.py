@@ -1,6 +1,7 @@
 """GET /jobs/{id}'s fast path (app.job_poll) answers exactly as the FastAPI route does, and is the path taken."""
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -8,6 +9,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 import app.routes.jobs
+from app.errors import Unavailable
+from app.fast_reads import FastReads
 from app.job_poll import JobPoll
 from app.main import create_app
 from app.tables import JobStatus
@@ -32,7 +35,22 @@ def answer(client: TestClient, method: str, path: str, headers: dict[str, str]) 
     return r.status_code, dict(r.headers), r.content
 
 
-def test_every_answer_is_the_routes_own(env: ApiEnv, pair: tuple[TestClient, TestClient]):
+@pytest.fixture
+def route_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The job ids the FastAPI route read (the fast path never reaches it)."""
+    seen: list[str] = []
+    real = app.routes.jobs.read_job
+
+    async def counted(request: Any, reads: Any, credentials: Any, job_id: str) -> Any:
+        seen.append(job_id)
+        return await real(request, reads, credentials, job_id)
+
+    monkeypatch.setattr(app.routes.jobs, "read_job", counted)
+    return seen
+
+
+def test_every_answer_is_the_routes_own(env: ApiEnv, pair: tuple[TestClient, TestClient], route_reads: list[str],
+                                        monkeypatch: pytest.MonkeyPatch):
     fast, routed = pair
     key, other_key = api_key(env.owner), api_key(f"{env.owner}-other")
     mine = add_job(env, status=JobStatus.succeeded, result={"test_accuracy": 0.7})
@@ -57,12 +75,26 @@ def test_every_answer_is_the_routes_own(env: ApiEnv, pair: tuple[TestClient, Tes
     ]
     statuses = []
     for method, path, headers in cases:
-        got, expected = answer(fast, method, path, headers), answer(routed, method, path, headers)
+        got = answer(fast, method, path, headers)
+        before = len(route_reads)
+        expected = answer(routed, method, path, headers)
         assert got == expected, (method, path, headers)
         statuses.append(got[0])
+        if method == "GET" and not path.endswith("/"):
+            assert len(route_reads) == before + 1, path  # the answer compared with is really the route's
+    assert route_reads.count(mine) == 7  # the routed app's; the fast path's requests never reached the route
     assert statuses[:8] == [200, 200, 404, 200, 404, 404, 404, 200]
     assert statuses[8:] == [401, 401, 401, 200, 401, 307, 405]
     assert fast.get(f"/jobs/{mine}", headers=bearer(key)).json()["result"]["test_accuracy"] == 0.7
+
+    # The database out of connections: 503 with Retry-After on both.
+    async def no_connection(*args: object) -> None:
+        raise Unavailable("the server is at its limit of database connections")
+
+    monkeypatch.setattr(FastReads, "key_and_job", no_connection)
+    path = f"/jobs/{mine}"
+    got, expected = answer(fast, "GET", path, bearer(key)), answer(routed, "GET", path, bearer(key))
+    assert got == expected and got[0] == 503 and got[1]["retry-after"]
 
 
 def test_the_fast_path_answers_before_the_route_and_is_counted_under_its_template(
@@ -74,14 +106,32 @@ def test_the_fast_path_answers_before_the_route_and_is_counted_under_its_templat
     def not_here(*args: object, **kwargs: object) -> None:
         raise AssertionError("the FastAPI route was reached")
 
+    def counts() -> dict[tuple[str, str], float]:
+        exposition = fast.get("/metrics", headers=bearer(admin)).text
+        return {(s.labels["route"], s.labels["status"]): s.value
+                for family in text_string_to_metric_families(exposition) if family.name == "taas_http_requests"
+                for s in family.samples if s.name == "taas_http_requests_total" and s.labels["method"] == "GET"}
+
+    before = counts()
     monkeypatch.setattr(app.routes.jobs, "read_job", not_here)
     for _ in range(3):
         r = fast.get(f"/jobs/{job}", headers=bearer(admin))
         assert r.status_code == 200 and r.json()["id"] == job
         assert r.headers["x-content-type-options"] == "nosniff"  # the guard's headers, as on every answer
     assert fast.get("/jobs/" + "0" * 32, headers=bearer(admin)).status_code == 404
-    exposition = fast.get("/metrics", headers=bearer(admin)).text
-    counts = {(s.labels["route"], s.labels["status"]): s.value
-              for family in text_string_to_metric_families(exposition) if family.name == "taas_http_requests"
-              for s in family.samples if s.name == "taas_http_requests_total" and s.labels["method"] == "GET"}
-    assert counts[("/jobs/{job_id}", "200")] >= 3 and counts[("/jobs/{job_id}", "404")] >= 1
+    after = counts()
+    grew = {label: after[label] - before.get(label, 0) for label in after if after[label] != before.get(label, 0)}
+    assert grew == {("/jobs/{job_id}", "200"): 3, ("/jobs/{job_id}", "404"): 1, ("/metrics", "200"): 1}, grew
+
+
+def test_behind_a_root_path_the_fast_path_still_answers(env: ApiEnv, monkeypatch: pytest.MonkeyPatch):
+    key = api_key(env.owner)
+    job = add_job(env)
+
+    def not_here(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the FastAPI route was reached")
+
+    monkeypatch.setattr(app.routes.jobs, "read_job", not_here)
+    with TestClient(create_app(), root_path="/api") as client:
+        r = client.get(f"/api/jobs/{job}", headers=bearer(key))
+    assert r.status_code == 200 and r.json()["id"] == job
