@@ -22,8 +22,8 @@ from app.read_batching import BatchedLookup
 from app.serving import ServedModels
 
 # Declares the scheme in the OpenAPI document (the docs' Authorize button); the key is checked below.
-_bearer = HTTPBearer(auto_error=False, description="An API key: taas keys create, POST /keys, or the one "
-                                                   "./taas.sh run prints.")
+bearer = HTTPBearer(auto_error=False, description="An API key: taas keys create, POST /keys, or the one "
+                                                  "./taas.sh run prints.")
 
 
 async def settings_dep() -> Settings:
@@ -31,7 +31,7 @@ async def settings_dep() -> Settings:
 
 
 async def get_principal(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     """Who the request is, from its API key; 401 without a valid one. With auth off: the local owner."""
     settings = get_settings()
@@ -44,7 +44,7 @@ async def get_principal(
     return authenticated(request, principal)
 
 
-BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
 def presented_key(credentials: HTTPAuthorizationCredentials | None) -> str:

@@ -17,14 +17,13 @@ import re
 from collections.abc import Awaitable, Callable
 
 from fastapi.security import HTTPAuthorizationCredentials
-from fastapi.security.utils import get_authorization_scheme_param
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth import key_hash
 from app.config import get_settings
-from app.deps import authenticated, presented_key
+from app.deps import authenticated, bearer, presented_key
 from app.errors import DomainError
 from app.fast_reads import FastReads
 from app.jobs import job_not_found
@@ -33,7 +32,6 @@ from app.schemas import JobPublic
 
 # As the router matches "/jobs/{job_id}": one path segment.
 PATH = re.compile(r"/jobs/([^/]+)")
-ROUTE = "/jobs/{job_id}"
 
 ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
 
@@ -52,7 +50,7 @@ async def read_job(request: Request, reads: FastReads, credentials: HTTPAuthoriz
 class _Route:
     """What the router leaves in scope["route"] for the layers above (app.metrics labels by its path)."""
 
-    path = ROUTE
+    path = "/jobs/{job_id}"
 
 
 class JobPoll:
@@ -69,7 +67,7 @@ class JobPoll:
             return
         # The path as the router matches it: behind a root_path (uvicorn --root-path), without it.
         path = scope["path"].removeprefix(scope.get("root_path", ""))
-        match = PATH.fullmatch(path) if path.startswith("/jobs/") else None
+        match = PATH.fullmatch(path)
         reads: FastReads | None = getattr(scope["app"].state, "fast_reads", None)
         settings = get_settings()
         if match is None or reads is None or not settings.auth:
@@ -79,18 +77,10 @@ class JobPoll:
         job_id = match.group(1)
         request = Request(scope, receive)
         try:
-            body = (await read_job(request, reads, _bearer(request), job_id)).model_dump_json()
+            body = (await read_job(request, reads, await bearer(request), job_id)).model_dump_json()
         except DomainError as e:
             response = await self.on_error(request, e)
         else:
             response = Response(body, media_type="application/json")
         await response(scope, receive, send)
 
-
-def _bearer(request: Request) -> HTTPAuthorizationCredentials | None:
-    """The Authorization header's Bearer credentials, read as FastAPI's HTTPBearer(auto_error=False) reads them."""
-    authorization = request.headers.get("authorization")
-    scheme, credentials = get_authorization_scheme_param(authorization)
-    if not (authorization and scheme and credentials) or scheme.lower() != "bearer":
-        return None
-    return HTTPAuthorizationCredentials(scheme=scheme, credentials=credentials)
