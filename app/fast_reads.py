@@ -9,6 +9,7 @@ object with the table's attributes (building an ORM instance cost more than the 
 app.keys.principal_of serve both paths. With SQLite (the embedded mode) the same reads go through app.db.
 """
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -96,6 +97,7 @@ class FastReads:
             timeout=settings.db_pool_timeout_seconds, kwargs={"autocommit": True}, open=False)
         self.client = client
         self._live: dict[str, tuple[float, int | None]] = {}
+        self._reading: dict[str, asyncio.Task[int | None]] = {}
         # Each shares the pool; together they never hold more than its connections.
         self.jobs: BatchedLookup[tuple[str, str], JobRow] = BatchedLookup(
             self._fetch_jobs, max_in_flight=settings.db_read_pool_size)
@@ -112,6 +114,7 @@ class FastReads:
         await self.pool.open(wait=False)
 
     async def close(self) -> None:
+        await asyncio.gather(*self._reading.values(), return_exceptions=True)
         await self.jobs.close()
         await self.keys.close()
         await self.key_jobs.close()
@@ -173,21 +176,31 @@ class FastReads:
 
         Read from Redis at most once per LIVE_STEP_SECONDS per job and process: the stream itself only
         advances a chunk at a time (every loss_flush_seconds, 0.2 s by default), so many clients polling one
-        running job share one read without seeing it later than a chunk's worth."""
+        running job share one read without seeing it later than a chunk's worth. Requests that find the step
+        out of date while it is being read wait for that read rather than sending their own."""
         if job.status != JobStatus.running:
             return None
-        now = time.monotonic()
         cached = self._live.get(job.id)
-        if cached is not None and now - cached[0] < LIVE_STEP_SECONDS:
+        if cached is not None and time.monotonic() - cached[0] < LIVE_STEP_SECONDS:
             return cached[1]
+        reading = self._reading.get(job.id)
+        if reading is None:
+            reading = self._reading[job.id] = asyncio.get_running_loop().create_task(self._read_live_step(job.id))
+        # Shielded: a request that goes (its client disconnected) does not cancel the read the others wait for.
+        return await asyncio.shield(reading)
+
+    async def _read_live_step(self, job_id: str) -> int | None:
+        started = time.monotonic()  # the step is as old as the read's start
         try:
-            last = await LossStream.last_step_async(self.client, job.id)
+            last = await LossStream.last_step_async(self.client, job_id)
         except RedisError:
             return None
+        finally:
+            del self._reading[job_id]
         step = None if last is None else last + 1
         if len(self._live) >= LIVE_STEP_ENTRIES:
-            self._live = {k: v for k, v in self._live.items() if now - v[0] < LIVE_STEP_SECONDS}
-        self._live[job.id] = (now, step)
+            self._live = {k: v for k, v in self._live.items() if started - v[0] < LIVE_STEP_SECONDS}
+        self._live[job_id] = (started, step)
         return step
 
 

@@ -28,7 +28,7 @@ from app.errors import DomainError
 from app.fast_reads import FastReads
 from app.jobs import job_not_found
 from app.keys import principal_of
-from app.schemas import JobPublic
+from app.schemas import JobPublic, JobRow
 
 # As the router matches "/jobs/{job_id}": one path segment.
 PATH = re.compile(r"/jobs/([^/]+)")
@@ -37,14 +37,28 @@ ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 async def read_job(request: Request, reads: FastReads, credentials: HTTPAuthorizationCredentials | None,
-                   job_id: str) -> JobPublic:
-    """The key and the job in one statement, batched with concurrent requests' (app.fast_reads): the job if the
-    key is valid and the job its owner's; Unauthorized, NotFound, Unavailable otherwise."""
+                   job_id: str) -> bytes:
+    """The key and the job in one statement, batched with concurrent requests' (app.fast_reads): the job as
+    JobPublic JSON if the key is valid and the job its owner's; Unauthorized, NotFound, Unavailable otherwise."""
     key_row, job = await reads.key_and_job(key_hash(presented_key(credentials)), job_id)
     authenticated(request, principal_of(key_row, get_settings()))
     if job is None:
         raise job_not_found(job_id)
-    return JobPublic.of(job, live_step=await reads.live_step(job))
+    return public_json(job, await reads.live_step(job))
+
+
+def public_json(job: JobRow, live_step: int | None) -> bytes:
+    """JobPublic.of(job, live_step) as JSON, serialized once per row and step.
+
+    The requests of one batched read that asked for the same key and job share its row object
+    (app.read_batching answers each distinct key once): when many clients poll one job, as a dashboard's
+    viewers do, one of them serializes it for all."""
+    memo: tuple[int | None, bytes] | None = getattr(job, "_public_json", None)
+    if memo is not None and memo[0] == live_step:
+        return memo[1]
+    body = JobPublic.of(job, live_step=live_step).model_dump_json().encode()
+    job._public_json = (live_step, body)  # type: ignore[attr-defined]
+    return body
 
 
 class _Route:
@@ -77,7 +91,7 @@ class JobPoll:
         job_id = match.group(1)
         request = Request(scope, receive)
         try:
-            body = (await read_job(request, reads, await bearer(request), job_id)).model_dump_json()
+            body = await read_job(request, reads, await bearer(request), job_id)
         except DomainError as e:
             response = await self.on_error(request, e)
         else:

@@ -62,6 +62,8 @@ def main() -> None:
                     help="the worker's torch threads (TAAS_WORKER_TORCH_THREADS; 0: one per core)")
     ap.add_argument("--worker-nice", type=int, default=None,
                     help="the worker's CPU priority (TAAS_WORKER_NICE; default: the setting's default)")
+    ap.add_argument("--api-processes", type=int, default=None,
+                    help="API processes (TAAS_API_PROCESSES; default: the setting's default, one per core)")
     args = ap.parse_args()
 
     work = wrk.scratch()
@@ -80,6 +82,8 @@ def main() -> None:
                    PYTHONPATH=str(ROOT))
         if args.worker_nice is not None:
             env["TAAS_WORKER_NICE"] = str(args.worker_nice)
+        if args.api_processes is not None:
+            env["TAAS_API_PROCESSES"] = str(args.api_processes)
         subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True,
                        capture_output=True)
         port = free_port()
