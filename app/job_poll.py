@@ -37,14 +37,15 @@ ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 async def read_job(request: Request, reads: FastReads, credentials: HTTPAuthorizationCredentials | None,
-                   job_id: str) -> bytes:
-    """The key and the job in one statement, batched with concurrent requests' (app.fast_reads): the job as
-    JobPublic JSON if the key is valid and the job its owner's; Unauthorized, NotFound, Unavailable otherwise."""
+                   job_id: str) -> Response:
+    """The key and the job in one statement, batched with concurrent requests' (app.fast_reads): the answer with
+    the job as JobPublic JSON if the key is valid and the job its owner's; Unauthorized, NotFound, Unavailable
+    otherwise."""
     key_row, job = await reads.key_and_job(key_hash(presented_key(credentials)), job_id)
     authenticated(request, principal_of(key_row, get_settings()))
     if job is None:
         raise job_not_found(job_id)
-    return public_json(job, await reads.live_step(job))
+    return Response(public_json(job, await reads.live_step(job)), media_type="application/json")
 
 
 def public_json(job: JobRow, live_step: int | None) -> bytes:
@@ -91,10 +92,8 @@ class JobPoll:
         job_id = match.group(1)
         request = Request(scope, receive)
         try:
-            body = await read_job(request, reads, await bearer(request), job_id)
+            response = await read_job(request, reads, await bearer(request), job_id)
         except DomainError as e:
             response = await self.on_error(request, e)
-        else:
-            response = Response(body, media_type="application/json")
         await response(scope, receive, send)
 

@@ -89,7 +89,7 @@ async def get_job(job_id: str, request: Request, credentials: BearerDep) -> Resp
     # than from dependencies (each one a coroutine FastAPI resolves per request).
     reads: FastReads | None = request.app.state.fast_reads
     if reads is not None and get_settings().auth:
-        return Response(await read_job(request, reads, credentials, job_id), media_type="application/json")
+        return await read_job(request, reads, credentials, job_id)
     owner = (await get_principal(request, credentials)).owner
     if reads is not None:  # auth off, on PostgreSQL
         job = await reads.job(owner=owner, job_id=job_id)
