@@ -4,7 +4,12 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 from app.db import normalize_url
 
@@ -26,3 +31,36 @@ def upgrade_head(database_url: str) -> None:
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(database_url), "head")
+
+
+def schema_problem(database_url: str, *, connect_timeout: int = 5) -> str | None:
+    """What keeps the API from serving the database at `database_url`, said for its user (it has no taas schema,
+    or another revision than this code's), else None. None too where it cannot be reached now: the API starts
+    anyway and answers 503 until it can."""
+    url = make_url(normalize_url(database_url))
+    where = url.render_as_string(hide_password=True)
+    sqlite = url.get_backend_name() == "sqlite"
+    if sqlite and url.database and url.database != ":memory:" and not Path(url.database).is_file():
+        # (connecting would create an empty one)
+        return f"there is no database at {url.database}: run `alembic upgrade head` first (taas up does)"
+    args = {} if sqlite else {"connect_timeout": connect_timeout}
+    engine = create_engine(url, poolclass=NullPool, connect_args=args)
+    try:
+        with engine.connect() as conn:
+            current = set(MigrationContext.configure(conn).get_current_heads())
+    except OperationalError:
+        return None
+    finally:
+        engine.dispose()
+    scripts = ScriptDirectory.from_config(alembic_config(database_url))
+    heads = set(scripts.get_heads())
+    if current == heads:
+        return None
+    if not current:
+        return f"the database {where} has no taas tables: run `alembic upgrade head` first (taas up does)"
+    known = {script.revision for script in scripts.walk_revisions()}
+    if current - known:
+        return (f"the database {where} is at revision {', '.join(sorted(current - known))}, which this taas does "
+                "not know (a newer release migrated it): run that release")
+    return (f"the database {where} is at revision {', '.join(sorted(current))}, this taas needs "
+            f"{', '.join(sorted(heads))}: run `alembic upgrade head` first (taas up does)")

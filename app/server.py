@@ -23,6 +23,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.config import get_settings
+from app.migrate import schema_problem
 from app.security import is_loopback
 
 
@@ -141,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.auth and not is_loopback(args.host):
         parser.error(f"auth is off (TAAS_AUTH=false): the API listens only on a loopback address, not {args.host!r}"
                      " (turn auth on, or --host 127.0.0.1)")
+    problem = schema_problem(settings.database_url)
+    if problem is not None:
+        parser.exit(2, f"{parser.prog}: {problem}\n")
     serve(host=args.host, port=args.port, processes=processes, log_level=args.log_level)
     return 0
 

@@ -1,5 +1,8 @@
 """The schema exists only through Alembic: upgrade head on an empty database matches the ORM exactly."""
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -8,11 +11,12 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from app.db import make_engine, normalize_url
-from app.migrate import alembic_config, upgrade_head
+from app.migrate import ROOT, alembic_config, schema_problem, upgrade_head
 from app.tables import Base
 
 TABLES = {"jobs", "epoch_metrics", "loss_points", "artifacts", "datasets", "api_keys", "audit_events",
@@ -87,3 +91,49 @@ def test_cascade_deletes_children_on_sqlite(tmp_path: Path):
             assert conn.execute(text("SELECT count(*) FROM loss_points")).scalar_one() == 0
     finally:
         engine.dispose()
+
+
+def serve(database_url: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m app.server` as taas up and compose start it, against `database_url`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAAS_")}
+    env.update(TAAS_DATABASE_URL=database_url, TAAS_STATE_DIR=str(tmp_path / "state"))
+    return subprocess.run([sys.executable, "-m", "app.server", "--port", "1"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_api_refuses_to_start_on_a_database_without_its_schema(tmp_path: Path, empty_postgres: str):
+    missing = tmp_path / "nowhere" / "taas.db"
+    started = serve(f"sqlite:///{missing}", tmp_path)
+    assert started.returncode == 2
+    assert f"there is no database at {missing}: run `alembic upgrade head`" in started.stderr
+    assert not missing.exists()  # the check did not create an empty one
+
+    started = serve(empty_postgres, tmp_path)
+    assert started.returncode == 2
+    assert "has no taas tables: run `alembic upgrade head`" in started.stderr
+
+
+def test_the_api_names_a_database_at_another_revision(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'taas.db'}"
+    config = alembic_config(url)
+    upgrade_head(url)
+    head = ScriptDirectory.from_config(config).get_current_head()
+    command.downgrade(config, "-1")
+    started = serve(url, tmp_path)
+    assert started.returncode == 2
+    assert f"needs {head}: run `alembic upgrade head`" in started.stderr
+
+    upgrade_head(url)
+    assert schema_problem(url) is None
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
+    finally:
+        engine.dispose()
+    assert "at revision f00d, which this taas does not know (a newer release migrated it)" in schema_problem(url)
+
+
+def test_an_unreachable_database_is_left_to_the_api_to_answer_503():
+    """The API starts, and its routes answer 503 until the database is back (tests/app/test_catalog_health.py)."""
+    assert schema_problem("postgresql://taas@127.0.0.1:1/nothing", connect_timeout=1) is None
