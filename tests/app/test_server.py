@@ -4,6 +4,7 @@ limiter that keeps routes from exhausting the pool."""
 import asyncio
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -13,7 +14,9 @@ import uvloop
 
 from app.db import Database, make_engine
 from app.errors import Unavailable
+from app.migrate import upgrade_head
 from app.server import NoDelayHttpToolsProtocol, PairedWrites, set_nodelay
+from tests.app.harness import configure
 
 
 def test_accepted_connections_get_tcp_nodelay():
@@ -43,9 +46,13 @@ def test_accepted_connections_get_tcp_nodelay():
     assert seen[1] == 1
 
 
-def test_the_server_runs_a_process_per_core_with_the_nodelay_protocol(monkeypatch: pytest.MonkeyPatch):
+def test_the_server_runs_a_process_per_core_with_the_nodelay_protocol(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path, redis_url: str):
     import app.server
 
+    database = f"sqlite:///{tmp_path / 'taas.db'}"
+    upgrade_head(database)  # it starts only on a database at its schema (tests/app/test_migrations.py)
+    configure(monkeypatch, tmp_path, database_url=database, redis_url=redis_url)
     calls: list[dict] = []
     monkeypatch.setattr(app.server.uvicorn, "run", lambda target, **kw: calls.append({"target": target, **kw}))
     monkeypatch.setenv("TAAS_PREDICT_THREADS", "0")  # restored after the test (serve() sets it for its children)
