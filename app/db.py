@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import anyio
 from sqlalchemy import CursorResult, Delete, Engine, Update, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,6 +23,14 @@ def normalize_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
     return url
+
+
+def sqlite_file(url: str) -> str | None:
+    """The path of the SQLite file `url` names; None for another database or an in-memory one."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return parsed.database
 
 
 def make_engine(url: str, *, pre_ping: bool = True, lock_timeout_seconds: float | None = None) -> Engine:

@@ -27,6 +27,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 
 from app.config import Settings
+from app.db import sqlite_file
 from app.errors import Unavailable
 from app.loss_stream import LossStream
 from app.read_batching import BatchedLookup
@@ -219,10 +220,7 @@ class SqliteKeys:
 
     @staticmethod
     def path_of(settings: Settings) -> str | None:
-        url = make_url(settings.database_url)
-        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-            return None
-        return url.database
+        return sqlite_file(settings.database_url)
 
     async def fetch(self, hashes: list[str]) -> dict[str, Any]:
         marks = ",".join("?" * len(hashes))

@@ -11,9 +11,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from app.db import normalize_url
+from app.db import normalize_url, sqlite_file
 
 ROOT = Path(__file__).resolve().parents[1]
+UPGRADE = "run `alembic upgrade head` first (taas up does)"
 
 
 def alembic_config(database_url: str) -> Config:
@@ -27,9 +28,9 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade_head(database_url: str) -> None:
     """Bring the database at `database_url` to the newest revision (creating a SQLite file's folder)."""
-    url = make_url(normalize_url(database_url))
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_file(database_url)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(database_url), "head")
 
 
@@ -39,11 +40,10 @@ def schema_problem(database_url: str, *, connect_timeout: int = 5) -> str | None
     anyway and answers 503 until it can."""
     url = make_url(normalize_url(database_url))
     where = url.render_as_string(hide_password=True)
-    sqlite = url.get_backend_name() == "sqlite"
-    if sqlite and url.database and url.database != ":memory:" and not Path(url.database).is_file():
-        # (connecting would create an empty one)
-        return f"there is no database at {url.database}: run `alembic upgrade head` first (taas up does)"
-    args = {} if sqlite else {"connect_timeout": connect_timeout}
+    path = sqlite_file(database_url)
+    if path is not None and not Path(path).is_file():  # (connecting would create an empty one)
+        return f"there is no database at {path}: {UPGRADE}"
+    args = {} if url.get_backend_name() == "sqlite" else {"connect_timeout": connect_timeout}
     engine = create_engine(url, poolclass=NullPool, connect_args=args)
     try:
         with engine.connect() as conn:
@@ -57,10 +57,10 @@ def schema_problem(database_url: str, *, connect_timeout: int = 5) -> str | None
     if current == heads:
         return None
     if not current:
-        return f"the database {where} has no taas tables: run `alembic upgrade head` first (taas up does)"
+        return f"the database {where} has no taas tables: {UPGRADE}"
     known = {script.revision for script in scripts.walk_revisions()}
     if current - known:
         return (f"the database {where} is at revision {', '.join(sorted(current - known))}, which this taas does "
                 "not know (a newer release migrated it): run that release")
     return (f"the database {where} is at revision {', '.join(sorted(current))}, this taas needs "
-            f"{', '.join(sorted(heads))}: run `alembic upgrade head` first (taas up does)")
+            f"{', '.join(sorted(heads))}: {UPGRADE}")
