@@ -15,26 +15,37 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from app import errors, openapi
-from app.audit import AuditLog
-from app.auth import REALM, Principal
-from app.batching import Batcher
-from app.body_limit import BodyLimit
-from app.config import get_settings
-from app.db import Database
-from app.fast_reads import FastReads, SqliteKeys
-from app.job_poll import JobPoll
-from app.keys import keys_by_hash
-from app.limits import EffectiveLimits
-from app.metrics import RequestMetrics, process_exited
-from app.predictor import Predictor
-from app.queue import close_client
-from app.rate_limits import RateLimits
-from app.read_batching import BatchedLookup
-from app.request_errors import add_request_error_handlers
-from app.routes import audit, catalog, dashboard, datasets, events, health, inference, jobs, keys, metrics, predict
-from app.security import Guard
-from app.serving import ServedModels
+from app.accounts import audit_routes as audit
+from app.accounts import routes as keys
+from app.accounts.audit import AuditLog
+from app.accounts.keys import keys_by_hash
+from app.accounts.limits import EffectiveLimits
+from app.accounts.principal import REALM, Principal
+from app.accounts.rate_limits import RateLimits
+from app.catalog import routes as catalog
+from app.core import errors
+from app.core.batched_reads import BatchedLookup
+from app.core.config import get_settings
+from app.core.db import Database
+from app.core.queue import close_client
+from app.dashboard import routes as dashboard
+from app.datasets import routes as datasets
+from app.jobs import routes as jobs
+from app.jobs.reads import FastReads, SqliteKeys
+from app.live import health
+from app.live import metrics_routes as metrics
+from app.live import routes as events
+from app.live.metrics import RequestMetrics, process_exited
+from app.serving import routes as predict
+from app.serving import v2_routes as inference
+from app.serving.batching import Batcher
+from app.serving.loaded import ServedModels
+from app.serving.predictor import Predictor
+from app.web import openapi
+from app.web.body_limit import BodyLimit
+from app.web.errors import add_request_error_handlers
+from app.web.fast_routes import JobPoll
+from app.web.guard import Guard
 
 # The one place where domain errors become HTTP statuses.
 ERROR_STATUS: dict[type[errors.DomainError], int] = {
@@ -165,7 +176,7 @@ def create_app() -> FastAPI:
         summary="PyTorch training as a service: submit a job, watch its loss live, predict with the result.",
         version="0.1.0",
         lifespan=lifespan,
-        # /docs is app.routes.dashboard's page: Swagger UI from the package, not a CDN (/redoc redirects to it).
+        # /docs is app.dashboard.routes's page: Swagger UI from the package, not a CDN (/redoc redirects to it).
         docs_url=None, redoc_url=None, openapi_url="/openapi.json" if docs else None,
     )
     app.state.db = None
@@ -180,7 +191,7 @@ def create_app() -> FastAPI:
                            expose_headers=["retry-after", "content-disposition"], max_age=600)
     app.add_middleware(Guard, allowed_hosts=settings.allowed_hosts.split(","), cors_origins=origins,
                        loopback_only=not settings.auth)
-    # Outermost of all: every answer is counted and timed, the guard's refusals too (app.metrics).
+    # Outermost of all: every answer is counted and timed, the guard's refusals too (app.live.metrics).
     app.add_middleware(RequestMetrics)
     for error in ERROR_STATUS:
         app.add_exception_handler(error, _domain_error)

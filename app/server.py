@@ -1,7 +1,7 @@
 """The API server as taas up and compose run it: `python -m app.server --host H --port P [--processes N]`.
 
 Uvicorn (uvloop + httptools) with one process per core by default, all accepting on one socket, so
-/predict's decoding and inference use every core (each process batches its own requests, app.batching).
+/predict's decoding and inference use every core (each process batches its own requests, app.serving.batching).
 TCP_NODELAY is set on every accepted connection: with Nagle's algorithm on, a response written in two
 segments waits for the client's delayed ACK (about 40 ms per request, measured with uvicorn --workers 2).
 Without Nagle, each write is a send and a packet of its own, so a response's head waits for its body and
@@ -22,9 +22,9 @@ from typing import Any, cast
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.config import get_settings
-from app.migrate import schema_problem
-from app.security import is_loopback
+from app.core.config import get_settings
+from app.core.migrate import schema_problem
+from app.web.guard import is_loopback
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -110,7 +110,7 @@ def serve(*, host: str, port: int, processes: int, log_level: str = "info") -> N
 
 @contextmanager
 def metrics_folder() -> Iterator[str]:
-    """A fresh private folder (mode 0700) where every API process writes its metric values (app.metrics), set
+    """A fresh private folder (mode 0700) where every API process writes its metric values (app.live.metrics), set
     as PROMETHEUS_MULTIPROC_DIR for this run only and removed at exit.
 
     Set before the processes start: they inherit it, and prometheus_client picks its mode when it is first

@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, text
 
-from app.config import Settings
-from app.local import free_port
+from app.core.config import Settings
+from app.local.up import free_port
 from bench import wrk
 from bench.auth import bench_key
 from bench.serving import start, stop, unpacked

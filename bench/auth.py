@@ -5,10 +5,10 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from app import keys
-from app.db import make_engine
-from app.limits import UNLIMITED, Limits
-from app.local import KEY_FILE
+from app.accounts import keys
+from app.accounts.limits import UNLIMITED, Limits
+from app.core.db import make_engine
+from app.local.up import KEY_FILE
 
 
 def bench_key(database_url: str, owner: str) -> dict[str, str]:

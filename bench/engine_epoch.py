@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from app.config import Settings
+from app.core.config import Settings
 from bench.tutorial_loop import run_tutorial
 from spec.job import JobSpec
-from worker.hooks import EpochMetrics, Hooks, LossChunk
-from worker.training import run_job
+from worker.training.build import run_job
+from worker.training.hooks import EpochMetrics, Hooks, LossChunk
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from spec.datasets import FASHION_CLASSES
-from worker.datasets import load_split
+from worker.training.datasets import load_split
 
 
 def fashion_pngs(data_root: Path, *, limit: int | None = None) -> Iterator[tuple[str, bytes]]:

@@ -22,13 +22,13 @@ from PIL import Image
 from torchvision import datasets
 from torchvision.transforms import ToTensor
 
-from app.storage import ARCHIVE, STORE
+from app.core.storage import ARCHIVE, STORE
 from bench.engine_epoch import DEFAULT_DATA
 from spec.datasets import IngestOptions
 from tests.archives import fashion_export, zip_of
-from worker.archives import Limits
-from worker.ingest import ingest
-from worker.store import read_store
+from worker.ingest.archives import Limits
+from worker.ingest.decode import ingest
+from worker.ingest.store import read_store
 
 LIMITS = Limits(max_members=500_000, max_uncompressed_bytes=8 << 30, max_ratio=100, max_member_bytes=64 << 20)
 

@@ -11,10 +11,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from app.config import Settings
+from app.core.config import Settings
 from bench.engine_epoch import DEFAULT_DATA
 from spec.job import JobSpec
-from worker.training import run_job
+from worker.training.build import run_job
 
 WORKLOADS: dict[str, tuple[dict[str, Any], float | None]] = {
     # name: (job spec, accuracy the tutorial printed)

@@ -29,11 +29,11 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.transforms import ToTensor
 
-from app.config import Settings
-from app.db import make_engine
-from app.local import free_port
-from app.migrate import upgrade_head
-from app.tables import Job, JobStatus, utcnow
+from app.core.config import Settings
+from app.core.db import make_engine
+from app.core.migrate import upgrade_head
+from app.core.tables import Job, JobStatus, utcnow
+from app.local.up import free_port
 from bench import wrk
 from bench.auth import bench_key
 from bench.tutorial_loop import NeuralNetwork

@@ -1,7 +1,7 @@
 """Training stays at its floor: the Fashion-MNIST tutorial job (mlp, SGD 1e-3, batch 64) timed per epoch
 
   - in the engine with no reporting (no-op hooks): the floor;
-  - in the engine with the worker's real loss reporting (worker.reporter.Reporter: Redis stream, database
+  - in the engine with the worker's real loss reporting (worker.training.reporter.Reporter: Redis stream, database
     rows, on its writer threads), rounds alternated with the floor's; goal: <= 2 % slower;
   - as a job submitted to the API of `taas up` (Celery worker, heartbeat, reporting); goal: <= 1.10x.
 
@@ -33,14 +33,14 @@ def engine_epochs(work: Path, root: Path, epochs: int, *, reporting: bool, tag: 
     """Epoch seconds of run_job, with no-op hooks or with the worker's Reporter on a claimed job row."""
     import redis
 
-    from app.config import get_settings
-    from app.db import session_scope
-    from app.tables import Job, JobStatus
+    from app.core.config import get_settings
+    from app.core.db import session_scope
+    from app.core.tables import Job, JobStatus
     from spec.job import JobSpec
-    from worker.claims import claim_job
-    from worker.hooks import EpochMetrics, Hooks
-    from worker.reporter import Reporter
-    from worker.training import run_job
+    from worker.leases.claims import claim_job
+    from worker.training.build import run_job
+    from worker.training.hooks import EpochMetrics, Hooks
+    from worker.training.reporter import Reporter
 
     settings = get_settings().model_copy(update={"data_root": root, "data_mode": "memory"})
     spec = JobSpec.model_validate({**SPEC, "epochs": epochs})
@@ -93,8 +93,8 @@ def main() -> None:
     try:
         # The engine runs in this process against a throwaway SQLite database and the local Redis.
         os.environ["TAAS_STATE_DIR"] = str(work / "state")
-        from app.config import get_settings
-        from app.migrate import upgrade_head
+        from app.core.config import get_settings
+        from app.core.migrate import upgrade_head
 
         upgrade_head(get_settings().database_url)
         root = work / "data"

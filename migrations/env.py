@@ -1,16 +1,17 @@
-"""Alembic environment: the URL comes from the settings (or from app.migrate), the metadata from app.tables."""
+"""Alembic environment: the URL comes from the settings (or from app.core.migrate), the metadata from
+app.core.tables."""
 
 from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy import Connection
 
-from app.config import get_settings
-from app.db import make_engine, normalize_url
-from app.tables import Base
+from app.core.config import get_settings
+from app.core.db import make_engine, normalize_url
+from app.core.tables import Base
 
 config = context.config
-# app.migrate passes its URL as an attribute and leaves logging to the caller.
+# app.core.migrate passes its URL as an attribute and leaves logging to the caller.
 if config.config_file_name is not None and not config.attributes.get("skip_logging_config"):
     fileConfig(config.config_file_name)
 

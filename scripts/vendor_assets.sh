@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The dashboard's and the API docs' third-party files, fetched from npm at pinned versions into
-# app/static/vendor/<package>-<version>/. The committed files are what runs (no CDN, no build chain); this
+# app/dashboard/static/vendor/<package>-<version>/. The committed files are what runs (no CDN, no build chain); this
 # script says where they come from and reproduces them byte for byte.
 #
 #   scripts/vendor_assets.sh          fetch, check each tarball's and each file's checksum, write the files
@@ -8,7 +8,7 @@
 #
 # Upgrading a package: change its version and integrity in PACKAGES (`npm view <package>@<version>
 # dist.integrity`), run the script (it refuses files whose SHA-256 differs from FILES and prints the new
-# ones: review the files, then update FILES), and update the versioned paths in app/static/*.html (folders
+# ones: review the files, then update FILES), and update the versioned paths in app/dashboard/static/*.html (folders
 # carry the version, so browsers may cache them for good). Needs npm (`npm pack`), openssl and sha256sum.
 #
 # ReDoc is not among them: it loads its logo from cdn.redoc.ly and runs its search in a blob: Worker, both
@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VENDOR=app/static/vendor
+VENDOR=app/dashboard/static/vendor
 CHECK=false
 [ "${1:-}" = "--check" ] && CHECK=true
 

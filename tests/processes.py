@@ -15,7 +15,7 @@ from typing import TypeVar
 import httpx
 import redis
 
-from app.local import free_port
+from app.local.up import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")

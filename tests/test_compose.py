@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app.config import CLIENT_SETTINGS, Settings
+from app.core.config import CLIENT_SETTINGS, Settings
 from tests.prerequisites import missing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def test_services_and_startup_order(compose: dict[str, Any]) -> None:
     assert api_command[:3] == ["python", "-m", "app.server"] and "0.0.0.0" in api_command and "8000" in api_command
     assert services["api"]["ports"] == ["${TAAS_API_PORT:-8000}:8000"]
     worker = services["worker"]["command"]
-    # Queue names carry the deployment's prefix, as the API's do (app.queue.queue_name).
+    # Queue names carry the deployment's prefix, as the API's do (app.core.queue.queue_name).
     assert worker.startswith(
         "celery -A worker.celery_app worker -Q ${TAAS_QUEUE_PREFIX:-}gpu,${TAAS_QUEUE_PREFIX:-}cpu ")
     assert "--prefetch-multiplier 1" in worker and "--concurrency" in worker

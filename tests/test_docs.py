@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from app.config import Settings
+from app.core.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -25,9 +25,9 @@ def test_the_contract_fails_on_an_app_to_worker_import(tmp_path: Path):
     for package in PACKAGES:
         shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    with (tmp_path / "app" / "jobs.py").open("a") as f:
-        f.write("\nfrom worker.training import run_job  # noqa: E402,F401\n")
+    with (tmp_path / "app" / "jobs" / "service.py").open("a") as f:
+        f.write("\nfrom worker.training.build import run_job  # noqa: E402,F401\n")
     done = lint_imports(tmp_path)
     assert done.returncode != 0
     assert "app is not allowed to import worker" in done.stdout
-    assert "app.jobs -> worker.training" in done.stdout
+    assert "app.jobs.service -> worker.training.build" in done.stdout

@@ -19,9 +19,9 @@ import pytest
 import redis
 from PIL import Image
 
-from app.local import free_port
-from app.loss_stream import stream_key
-from app.storage import STORE
+from app.core.loss_stream import stream_key
+from app.core.storage import STORE
+from app.local.up import free_port
 from tests.archives import bars, class_folders, zip_of
 from tests.processes import Service, wait_for
 from tests.processes import compose_topology as topology

@@ -17,20 +17,20 @@ from celery import Celery, bootsteps
 from celery.signals import worker_process_init
 from kombu import Queue
 
-from app.config import get_settings
-from app.db import get_engine, session_scope
-from app.metrics import WorkerBeat
-from app.queue import INGEST_QUEUE, INGEST_TASK, TRAIN_TASK, queue_name
-from app.storage import dataset_dir, job_dir
-from worker.claims import Reaped, reap_expired, unqueue
-from worker.ingest_claims import reap_ingests
-from worker.orphans import remove_attempt_folders, sweep_attempt_folders, sweep_orphan_folders
+from app.core.config import get_settings
+from app.core.db import get_engine, session_scope
+from app.core.queue import INGEST_QUEUE, INGEST_TASK, TRAIN_TASK, queue_name
+from app.core.storage import dataset_dir, job_dir
+from app.live.metrics import WorkerBeat
+from worker.ingest.lease import reap_ingests
+from worker.leases.claims import Reaped, reap_expired, unqueue
+from worker.training.attempts import remove_attempt_folders, sweep_attempt_folders, sweep_orphan_folders
 
 log = logging.getLogger(__name__)
 
 settings = get_settings()
 
-celery_app = Celery("taas", broker=settings.redis_url, include=["worker.tasks", "worker.ingest_task"])
+celery_app = Celery("taas", broker=settings.redis_url, include=["worker.training.task", "worker.ingest.task"])
 celery_app.conf.update(
     task_serializer="json",
     accept_content=["json"],
@@ -128,7 +128,8 @@ _next_attempt_sweep = 0.0
 
 
 def sweep_attempts() -> None:
-    """Remove attempt folders that no claim holds (see worker.orphans), at most every ATTEMPT_SWEEP_SECONDS."""
+    """Remove attempt folders that no claim holds (see worker.training.attempts), at most every
+    ATTEMPT_SWEEP_SECONDS."""
     global _next_attempt_sweep
     if time.monotonic() < _next_attempt_sweep:
         return
@@ -183,7 +184,7 @@ celery_app.steps["worker"].add(Reaper)
 
 
 class Beat(bootsteps.StartStopStep):
-    """The worker's liveness beat in Redis (app.metrics: the API's taas_workers_alive), every heartbeat_seconds on
+    """The worker's liveness beat in Redis (app.live.metrics: the API's taas_workers_alive), every heartbeat_seconds on
     the worker's timer, as the reaper runs; removed at a clean stop."""
 
     requires = {"celery.worker.components:Timer"}

@@ -15,7 +15,7 @@ down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# app.tables.UTCDateTime is a TypeDecorator over this; revisions never import app code.
+# app.core.tables.UTCDateTime is a TypeDecorator over this; revisions never import app code.
 UTC_DATETIME = sa.DateTime(timezone=True)
 
 

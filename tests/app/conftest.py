@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.migrate import upgrade_head
+from app.core.migrate import upgrade_head
 from tests.app.harness import ApiEnv, api_client, cleanup, configure, reset_caches
 
 

@@ -20,15 +20,15 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 from sqlalchemy import select
 
-import app.db
-import app.queue
-from app.config import Settings, get_settings
-from app.db import session_scope
-from app.keys import create_key
-from app.limits import Limits
-from app.loss_stream import cancel_key, lease_key, stream_key
+import app.core.db
+import app.core.queue
+from app.accounts.keys import create_key
+from app.accounts.limits import Limits
+from app.core.config import Settings, get_settings
+from app.core.db import session_scope
+from app.core.loss_stream import cancel_key, lease_key, stream_key
+from app.core.tables import Job, JobStatus, utcnow
 from app.main import create_app
-from app.tables import Job, JobStatus, utcnow
 from models import build_model
 from spec.datasets import BUILTIN_DATASETS, DatasetInfo
 from spec.job import JobSpec
@@ -47,16 +47,16 @@ class ApiEnv:
         return self.settings.owner
 
     def queue(self, base: str) -> str:
-        return app.queue.queue_name(base, self.settings)
+        return app.core.queue.queue_name(base, self.settings)
 
 
 def reset_caches() -> None:
     """Forget the cached settings, engine, sessionmaker and Celery client (they follow TAAS_*)."""
-    if app.db.get_engine.cache_info().currsize:
-        app.db.get_engine().dispose()
-    app.db.get_engine.cache_clear()
-    app.db._sessionmaker.cache_clear()
-    app.queue.close_client()
+    if app.core.db.get_engine.cache_info().currsize:
+        app.core.db.get_engine().dispose()
+    app.core.db.get_engine.cache_clear()
+    app.core.db._sessionmaker.cache_clear()
+    app.core.queue.close_client()
     get_settings.cache_clear()
 
 

@@ -12,9 +12,9 @@ import pytest
 import uvicorn
 import uvloop
 
-from app.db import Database, make_engine
-from app.errors import Unavailable
-from app.migrate import upgrade_head
+from app.core.db import Database, make_engine
+from app.core.errors import Unavailable
+from app.core.migrate import upgrade_head
 from app.server import NoDelayHttpToolsProtocol, PairedWrites, set_nodelay
 from tests.app.harness import configure
 

@@ -9,16 +9,16 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from app.config import Settings, get_settings
-from app.db import new_session, session_scope
-from app.loss_stream import cancel_key, lease_key, stream_key
-from app.migrate import upgrade_head
-from app.queue import enqueue_training, queue_name
-from app.tables import Job, JobStatus
+from app.core.config import Settings, get_settings
+from app.core.db import new_session, session_scope
+from app.core.loss_stream import cancel_key, lease_key, stream_key
+from app.core.migrate import upgrade_head
+from app.core.queue import enqueue_training, queue_name
+from app.core.tables import Job, JobStatus
 from spec.job import JobSpec
 from tests.app.harness import reset_caches
 from tests.processes import Service, service_env, start_worker, wait_for
-from worker.hooks import EpochMetrics, Hooks, LossChunk, RunInfo
+from worker.training.hooks import EpochMetrics, Hooks, LossChunk, RunInfo
 
 
 class Recorder(Hooks):

@@ -1,1 +1,0 @@
-"""The `taas` command's subcommands (app.cli assembles them), built on app.client."""
