@@ -4,8 +4,6 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis
-import redis.asyncio
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -28,6 +26,7 @@ from app.core.batched_reads import BatchedLookup
 from app.core.config import get_settings
 from app.core.db import Database
 from app.core.queue import close_client
+from app.core.redis_client import async_redis_client, redis_client
 from app.dashboard import routes as dashboard
 from app.datasets import routes as datasets
 from app.jobs import routes as jobs
@@ -118,12 +117,9 @@ def body_limit(path: str) -> int:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
-    timeout = settings.redis_timeout_seconds
-    app.state.redis = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    app.state.redis = redis_client(settings)
     app.state.db = db = Database.from_settings(settings)
-    app.state.async_redis = async_redis = redis.asyncio.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    app.state.async_redis = async_redis = async_redis_client(settings)
     app.state.fast_reads = reads = FastReads(settings, async_redis) if FastReads.supports(settings) else None
     if reads is not None:
         await reads.open()

@@ -37,9 +37,9 @@ def engine_epochs(work: Path, root: Path, epochs: int, *, reporting: bool, tag: 
     from app.core.db import session_scope
     from app.core.tables import Job, JobStatus
     from spec.job import JobSpec
-    from worker.leases.claims import claim_job
     from worker.training.build import run_job
     from worker.training.hooks import EpochMetrics, Hooks
+    from worker.training.jobs import claim_job
     from worker.training.reporter import Reporter
 
     settings = get_settings().model_copy(update={"data_root": root, "data_mode": "memory"})

@@ -19,7 +19,7 @@ import pytest
 import redis
 from PIL import Image
 
-from app.core.loss_stream import stream_key
+from app.core.redis_keys import stream_key
 from app.core.storage import STORE
 from app.local.up import free_port
 from tests.archives import bars, class_folders, zip_of

@@ -18,6 +18,8 @@ from app.accounts.limits import parse_rate, setting_name
 from app.accounts.principal import Principal
 from app.core.config import Settings
 from app.core.errors import TooManyRequests
+from app.core.redis_client import timeouts
+from app.core.redis_keys import RATE_KEY_PREFIX
 
 RateKind = Literal["submit", "predict"]
 ROUTES: dict[RateKind, str] = {
@@ -31,9 +33,7 @@ log = logging.getLogger(__name__)
 class RateLimits:
     def __init__(self, settings: Settings):
         self.storage = RedisStorage(f"async+{settings.redis_url}", implementation="redispy",
-                                    key_prefix="taas:rate", wrap_exceptions=True,
-                                    socket_timeout=settings.redis_timeout_seconds,
-                                    socket_connect_timeout=settings.redis_timeout_seconds)
+                                    key_prefix=RATE_KEY_PREFIX, wrap_exceptions=True, **timeouts(settings))
         self.limiter = MovingWindowRateLimiter(self.storage)
 
     async def hit(self, principal: Principal, kind: RateKind) -> None:

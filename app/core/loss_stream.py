@@ -21,6 +21,8 @@ import redis
 import redis.asyncio
 from redis.exceptions import ResponseError
 
+from app.core.redis_keys import job_keys, lease_key, stream_key
+
 
 @dataclass(frozen=True)
 class LossRecord:
@@ -29,19 +31,6 @@ class LossRecord:
     batch: int
     loss: float
     t: float
-
-
-def stream_key(job_id: str) -> str:
-    return f"taas:job:{job_id}:loss"
-
-
-def cancel_key(job_id: str) -> str:
-    return f"taas:job:{job_id}:cancel"
-
-
-def lease_key(job_id: str) -> str:
-    """Holds the lease owner whose appends the job's stream accepts."""
-    return f"taas:job:{job_id}:lease"
 
 
 # A safety net against keys of jobs whose worker died and that nobody deleted: an owner whose key expired
@@ -156,8 +145,27 @@ class LossStream:
         entries: Any = await client.xrevrange(stream_key(job_id), count=1)
         return _step(entries[0][0]) if entries else None
 
+    def truncate(self, job_id: str, from_step: int) -> int:
+        """Delete the entries with step >= from_step and let those steps be added again (a resumed attempt
+        replays them); returns how many were deleted."""
+        key = stream_key(job_id)
+        if from_step == 0:
+            deleted: Any = self.client.delete(key)
+            return int(deleted)
+        dropped = 0
+        while True:
+            entries: Any = self.client.xrange(key, min=f"{from_step}-0", max="+", count=1000)
+            if not entries:
+                break
+            removed: Any = self.client.xdel(key, *[entry_id for entry_id, _ in entries])
+            dropped += int(removed)
+        if self.client.exists(key):
+            # XDEL leaves the stream's last id where it was; XADD only accepts ids above it.
+            self.client.execute_command("XSETID", key, f"{from_step - 1}-1")
+        return dropped
+
     def delete(self, job_id: str) -> None:
-        self.client.delete(stream_key(job_id), cancel_key(job_id), lease_key(job_id))
+        self.client.delete(*job_keys(job_id))
 
 
 def _step(entry_id: bytes | str) -> int:

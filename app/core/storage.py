@@ -91,3 +91,8 @@ def event_files(job_folder: Path) -> list[Path]:
 
 def dataset_dir(datasets: Path, dataset_id: str) -> Path:
     return datasets / dataset_id
+
+
+def last_touched(folder: Path) -> float:
+    """The latest modification time of a folder and of what it holds directly (FileNotFoundError once it is gone)."""
+    return max([folder.stat().st_mtime, *(p.stat().st_mtime for p in folder.iterdir())])

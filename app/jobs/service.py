@@ -17,9 +17,10 @@ from app.core import storage
 from app.core.config import Settings
 from app.core.db import rowcount
 from app.core.errors import Conflict, InvalidSpec, NotFound, Unavailable
-from app.core.loss_stream import LossRecord, LossStream, cancel_key
+from app.core.loss_stream import LossRecord, LossStream
 from app.core.paging import newest_first
 from app.core.queue import enqueue_training, queue_for_device
+from app.core.redis_keys import cancel_key
 from app.core.tables import TERMINAL, EpochMetric, Job, JobStatus, LossPoint, is_id, utcnow
 from app.datasets.service import confirm_dataset_for_job, dataset_for_job
 from spec.architectures import misfit

@@ -10,8 +10,7 @@ those of processes that exited too, so a counter never goes back when a process 
 Read at the scrape, once, by the process that answers it (ServiceCollector): jobs by status, running jobs and
 the broker's queue depths, epoch durations, and the workers' liveness beats. Counted per process, these would
 be multiplied by the number of processes.
-
-Workers beat here too (WorkerBeat, on their timer, worker.celery_app): the one home of the beat's Redis key."""
+"""
 
 import logging
 import math
@@ -33,6 +32,7 @@ from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.config import Settings
+from app.core.liveness import BEAT_FORGET_SECONDS, worker_beat_ages
 from app.core.queue import INGEST_QUEUE, queue_name
 from app.core.tables import EpochMetric, Job, JobStatus, utcnow
 
@@ -139,62 +139,6 @@ def process_exited() -> None:
     """This API process stops: its live-gauge files go (its counters stay: the totals include what it did)."""
     if MULTIPROCESS_DIR is not None:
         mark_process_dead(os.getpid(), MULTIPROCESS_DIR)
-
-
-# Worker liveness. Each worker beats into one sorted set per deployment (queue prefix): member its Celery
-# hostname, score the Redis server's clock at the beat, so a worker host's clock never makes it look dead.
-# One key rather than a key per worker: a scrape reads it in one command, not by SCAN over every key.
-# Beats older than this are dropped (and the set expires with them), so departed workers' names do not pile up.
-BEAT_FORGET_SECONDS = 3600
-
-# KEYS: the set. ARGV: the worker, BEAT_FORGET_SECONDS. Returns the beat's time.
-_BEAT = """
-local now = redis.call('TIME')
-local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
-redis.call('ZADD', KEYS[1], t, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t - tonumber(ARGV[2]))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return tostring(t)
-"""
-
-
-def workers_key(settings: Settings) -> str:
-    """The sorted set of the deployment's worker beats."""
-    return f"taas:{settings.queue_prefix}workers"
-
-
-class WorkerBeat:
-    """A worker's liveness beat: beat() at start and every heartbeat_seconds, forget() at a clean stop."""
-
-    def __init__(self, worker: str, settings: Settings) -> None:
-        timeout = settings.redis_timeout_seconds
-        self.worker, self.key = worker, workers_key(settings)
-        self.client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        self._beat = self.client.register_script(_BEAT)
-
-    def beat(self) -> None:
-        try:
-            self._beat(keys=[self.key], args=[self.worker, BEAT_FORGET_SECONDS])
-        except RedisError as e:  # the next beat tries again; missing ones show as the beat's age
-            log.warning("worker %s: liveness beat not recorded: %s", self.worker, e)
-
-    def forget(self) -> None:
-        """This worker stops: not alive any more (rather than for lease_seconds after its last beat)."""
-        try:
-            self.client.zrem(self.key, self.worker)
-        except RedisError as e:
-            log.warning("worker %s: liveness beat not removed: %s", self.worker, e)
-        self.client.close()
-
-
-def worker_beat_ages(client: redis.Redis, settings: Settings) -> list[tuple[str, float]]:
-    """(worker, seconds since its last beat) of every worker that beat within BEAT_FORGET_SECONDS."""
-    with client.pipeline(transaction=False) as pipe:
-        pipe.time()
-        pipe.zrange(workers_key(settings), 0, -1, withscores=True)
-        (seconds, micros), beats = pipe.execute()
-    now = seconds + micros / 1_000_000
-    return [(name.decode(errors="replace"), max(0.0, now - at)) for name, at in beats]
 
 
 # Epoch durations are read from a window: the epochs of jobs running now or finished within the last hour

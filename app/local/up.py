@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 import httpx
+from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
 from app.accounts import keys
@@ -26,6 +27,7 @@ from app.core.config import Settings, get_settings
 from app.core.db import make_engine
 from app.core.migrate import upgrade_head
 from app.core.queue import INGEST_QUEUE, queue_name
+from app.core.redis_client import redis_client
 from app.server import default_processes
 from app.web.guard import LOOPBACK_HOSTS, is_loopback
 
@@ -187,9 +189,7 @@ def start_redis(stack: LocalStack, binary: str) -> str:
     ])
     url = f"redis://127.0.0.1:{port}/0"
     print(f"taas: Redis {binary} on port {port}", flush=True)
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    client = redis_client(url=url)
     deadline = time.monotonic() + 15
     try:
         while True:
@@ -197,7 +197,7 @@ def start_redis(stack: LocalStack, binary: str) -> str:
             try:
                 client.ping()
                 return url
-            except redis.RedisError:
+            except RedisError:
                 if time.monotonic() > deadline:
                     raise StartupFailed(f"redis-server did not answer on port {port}") from None
                 time.sleep(POLL_SECONDS)

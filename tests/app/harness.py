@@ -26,7 +26,7 @@ from app.accounts.keys import create_key
 from app.accounts.limits import Limits
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
-from app.core.loss_stream import cancel_key, lease_key, stream_key
+from app.core.redis_keys import cancel_key, lease_key, stream_key
 from app.core.tables import Job, JobStatus, utcnow
 from app.main import create_app
 from models import build_model

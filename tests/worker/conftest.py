@@ -11,9 +11,9 @@ from sqlalchemy import select
 
 from app.core.config import Settings, get_settings
 from app.core.db import new_session, session_scope
-from app.core.loss_stream import cancel_key, lease_key, stream_key
 from app.core.migrate import upgrade_head
 from app.core.queue import enqueue_training, queue_name
+from app.core.redis_keys import cancel_key, lease_key, stream_key
 from app.core.tables import Job, JobStatus
 from spec.job import JobSpec
 from tests.app.harness import reset_caches

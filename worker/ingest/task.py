@@ -3,7 +3,6 @@ ended. Takes an id; re-reads the row. The archive is removed once the outcome is
 
 import logging
 import shutil
-from pathlib import Path
 from typing import Any
 
 from app.core import storage
@@ -13,16 +12,11 @@ from app.core.queue import INGEST_QUEUE, INGEST_TASK, queue_name
 from app.core.tables import DatasetStatus
 from spec.datasets import IngestOptions
 from worker.celery_app import celery_app
-from worker.ingest.decode import SCRATCH_PREFIX, IngestFailed, IngestStopped, ingest, limits_of
-from worker.ingest.lease import (
-    IngestClaim,
-    IngestLease,
-    claim_ingest,
-    dataset_status,
-    finish_ingest,
-    release_ingest,
-)
-from worker.leases.claims import new_lease_owner
+from worker.ingest.decode import IngestFailed, IngestStopped, ingest, limits_of
+from worker.ingest.folders import remove_scratch
+from worker.ingest.lease import DATASETS, IngestClaim, IngestLease, claim_ingest, dataset_status
+from worker.leases.claims import finish, new_lease_owner
+from worker.leases.reaper import give_back
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +38,7 @@ def ingest_dataset(dataset_id: str) -> str:
         return run_ingest(claim, settings)
     except BaseException as e:
         if not isinstance(e, Exception):  # the worker is shutting down: hand the upload to the next one
-            _hand_back(claim)
+            give_back(DATASETS, claim.dataset_id, claim.lease_owner, queue_name(INGEST_QUEUE, settings))
         raise
 
 
@@ -75,8 +69,8 @@ def run_ingest(claim: IngestClaim, settings: Settings) -> str:
                   "splits": result.splits, "skipped": result.skipped, "store_bytes": result.store_bytes,
                   "images_done": lease.done, "images_total": lease.total}
     with session_scope() as session:
-        recorded = finish_ingest(session=session, dataset_id=claim.dataset_id, lease_owner=claim.lease_owner,
-                                 values=values)
+        recorded = finish(DATASETS, session=session, object_id=claim.dataset_id, lease_owner=claim.lease_owner,
+                          values=values)
     if not recorded:
         return _lease_lost(claim, settings)
     if error is not None:  # a failed dataset keeps its row (with the reason) and no files
@@ -85,13 +79,6 @@ def run_ingest(claim: IngestClaim, settings: Settings) -> str:
         (folder / storage.ARCHIVE).unlink(missing_ok=True)
     log.info("dataset %s %s", claim.dataset_id, values["status"])
     return str(values["status"])
-
-
-def remove_scratch(folder: Path) -> None:
-    """What an attempt that died left: a decompressed tar, a half-written store."""
-    for pattern in (f"{SCRATCH_PREFIX}*", f".{storage.STORE}.*.tmp"):
-        for path in folder.glob(pattern):
-            path.unlink(missing_ok=True)
 
 
 def _lease_lost(claim: IngestClaim, settings: Settings) -> str:
@@ -106,15 +93,3 @@ def _lease_lost(claim: IngestClaim, settings: Settings) -> str:
         return "deleted" if status is None else "failed"
     log.warning("dataset %s: ingest lease lost; another worker owns it now", claim.dataset_id)
     return "lease lost"
-
-
-def _hand_back(claim: IngestClaim) -> None:
-    try:
-        with session_scope() as session:
-            released = release_ingest(session=session, dataset_id=claim.dataset_id, lease_owner=claim.lease_owner)
-        if released:
-            celery_app.send_task(INGEST_TASK, args=[claim.dataset_id],
-                                 queue=queue_name(INGEST_QUEUE, get_settings()))
-            log.warning("dataset %s: ingest interrupted by the worker's shutdown; requeued", claim.dataset_id)
-    except Exception:
-        log.exception("dataset %s: could not requeue after an interruption; the reaper will", claim.dataset_id)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from app.core.storage import BEST, CHECKPOINT, LAST
@@ -28,11 +28,6 @@ def _atomic(path: Path, write: Any) -> None:
 def save_weights(model: nn.Module, path: Path) -> None:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     _atomic(path, lambda p: save_file(tensors, str(p)))
-
-
-def load_weights(model: nn.Module, path: Path) -> nn.Module:
-    model.load_state_dict(load_file(str(path)))
-    return model
 
 
 def rng_state(generator: torch.Generator, device: torch.device,

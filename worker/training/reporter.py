@@ -6,10 +6,10 @@ a Redis flush; the stream holds the live tail. A resumed attempt first drops wha
 its checkpoint, so replayed steps are written once, fresh.
 
 Only the lease holder's writes land. Every database transaction first checks and locks the lease
-(holds_lease); the stream refuses appends unless the job's lease key names us (app.core.loss_stream); and an
-epoch's files, staged by the engine in our attempt folder, are renamed into the job's folder inside the
-transaction that records the epoch. A worker that lost the job (frozen past its lease, partitioned) fails
-those checks, deletes its staged files and stops.
+(worker.leases.claims.holds); the stream refuses appends unless the job's lease key names us
+(app.core.loss_stream); and an epoch's files, staged by the engine in our attempt folder, are renamed into the
+job's folder inside the transaction that records the epoch. A worker that lost the job (frozen past its lease,
+partitioned) fails those checks, deletes its staged files and stops.
 
 Why the file commit rides on the epoch's own transaction, on the writer thread, rather than making the
 training thread wait for it: the files and the epoch's metrics and losses then land together or not at all,
@@ -38,12 +38,14 @@ from sqlalchemy.orm import Session
 from app.core import storage
 from app.core.config import Settings
 from app.core.db import session_scope
-from app.core.loss_stream import LossRecord, LossStream, StreamFenced, stream_key
+from app.core.loss_stream import LossRecord, LossStream, StreamFenced
 from app.core.storage import ARTIFACT_FILES
 from app.core.tables import Artifact, EpochMetric, Job, LossPoint
-from worker.leases.claims import holds_lease
+from worker.leases.claims import holds
+from worker.training.attempts import remove_attempt
 from worker.training.checkpoints import discard, promote
 from worker.training.hooks import EpochMetrics, Hooks, LossChunk, RunInfo
+from worker.training.jobs import JOBS
 
 log = logging.getLogger(__name__)
 
@@ -85,25 +87,6 @@ def record_artifacts(session: Session, job_id: str, job_dir: Path) -> None:
                   "created_at": stmt.excluded.created_at}), rows)
 
 
-def drop_stream_tail(client: redis.Redis, job_id: str, from_step: int) -> int:
-    """Delete stream entries with step >= from_step and let those steps be added again; returns how many."""
-    key = stream_key(job_id)
-    if from_step == 0:
-        deleted: Any = client.delete(key)
-        return int(deleted)
-    dropped = 0
-    while True:
-        entries: Any = client.xrange(key, min=f"{from_step}-0", max="+", count=1000)
-        if not entries:
-            break
-        removed: Any = client.xdel(key, *[entry_id for entry_id, _ in entries])
-        dropped += int(removed)
-    if client.exists(key):
-        # XDEL leaves the stream's last id where it was; XADD only accepts ids above it.
-        client.execute_command("XSETID", key, f"{from_step - 1}-1")
-    return dropped
-
-
 @dataclass(frozen=True)
 class _Epoch:
     chunks: list[LossChunk]
@@ -111,15 +94,6 @@ class _Epoch:
     next_step: int
     job_dir: Path | None  # where the job's files are (indexed in artifacts when the epoch is recorded)
     staged: Path | None = None  # the epoch's files, to move into job_dir when the epoch is recorded
-
-
-def remove_attempt(job_dir: Path, lease_owner: str) -> None:
-    """Delete a claim's attempt folder, and the job's folder if that leaves it empty (a deleted job's)."""
-    discard(storage.attempt_dir(job_dir, lease_owner))
-    try:
-        job_dir.rmdir()
-    except OSError:
-        pass  # not empty (the usual case), or gone
 
 
 class Reporter(Hooks):
@@ -319,7 +293,7 @@ class Reporter(Hooks):
     # Database work, each call one transaction that first checks (and locks) our lease.
 
     def _check_lease(self, session: Session) -> None:
-        if not holds_lease(session=session, job_id=self.job_id, lease_owner=self.lease_owner):
+        if not holds(JOBS, session=session, object_id=self.job_id, lease_owner=self.lease_owner):
             raise LeaseLost(self.job_id)
 
     def _prepare_db(self, session: Session, info: RunInfo) -> int:
@@ -327,7 +301,7 @@ class Reporter(Hooks):
         self._check_lease(session)
         # Under the row lock: nobody can take the job (and start a stream of its own) until we commit.
         try:
-            dropped = drop_stream_tail(self.client, self.job_id, info.start_step)
+            dropped = self.stream.truncate(self.job_id, info.start_step)
         except RedisError as e:
             log.warning("job %s: could not clear the loss stream past step %d: %s", self.job_id,
                         info.start_step, e)

@@ -23,18 +23,23 @@ from redis.exceptions import RedisError
 from app.core import storage
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
-from app.core.loss_stream import LossStream, cancel_key, lease_key
-from app.core.queue import TRAIN_TASK
+from app.core.loss_stream import LossStream
+from app.core.queue import TRAIN_TASK, send
+from app.core.redis_client import redis_client
+from app.core.redis_keys import cancel_key, lease_key
 from app.core.tables import JobStatus
 from spec.job import JobSpec
-from worker.celery_app import celery_app, process_index
-from worker.leases.claims import Claim, ClaimContended, claim_next, finish_job, new_lease_owner, queue_of, release_job
+from worker.celery_app import celery_app
+from worker.leases.claims import finish, new_lease_owner
+from worker.leases.reaper import give_back
+from worker.process import process_index
+from worker.training.attempts import remove_leftover_attempts
 from worker.training.build import run_job
-from worker.training.checkpoints import discard
 from worker.training.datasets import DatasetUnavailable
 from worker.training.engine import FitResult, TrainingDiverged
 from worker.training.heartbeat import Heartbeat
 from worker.training.hooks import CombinedHooks, Hooks
+from worker.training.jobs import JOBS, Claim, ClaimContended, claim_next, queue_of
 from worker.training.reporter import Reporter, record_artifacts
 from worker.training.tensorboard import TensorBoardWriter
 
@@ -48,8 +53,7 @@ def train_job(self: Any, job_id: str) -> str:
     """A unit of work in the queue of job `job_id`'s message: train the fair choice of that queue's jobs
     (see the module docstring); returns what happened."""
     settings = get_settings()
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_seconds,
-                                  socket_connect_timeout=settings.redis_timeout_seconds)
+    client = redis_client(settings)
     try:
         claim = claim_for(job_id, (self.request.delivery_info or {}).get("routing_key"), client=client,
                           settings=settings)
@@ -74,7 +78,7 @@ def claim_for(job_id: str, routing_key: str | None, *, client: redis.Redis, sett
         except ClaimContended:
             # Other workers took every job we chose (we wrote nothing): keep the token for a worker that
             # finds one left, as a skip would lose it while jobs wait.
-            celery_app.send_task(TRAIN_TASK, args=[job_id], queue=queue)
+            send(TRAIN_TASK, job_id, queue)
             log.info("message of job %s: other workers won every choice in queue %s; sent again", job_id, queue)
             return None
         if claim is not None:
@@ -122,24 +126,12 @@ def run_claimed(claim: Claim, *, client: redis.Redis, settings: Settings) -> str
         # The worker is being shut down (SystemExit, KeyboardInterrupt): hand the job to the next worker.
         # Other errors propagate: the lease then expires and the reaper requeues (attempts are counted).
         if not isinstance(e, Exception):
-            _hand_back(claim)
+            give_back(JOBS, claim.job_id, claim.lease_owner, claim.queue)
         raise
     if heartbeat.lease_lost or reporter.lease_lost:
         log.warning("job %s: lease lost; another worker owns it now, nothing recorded", claim.job_id)
         return "lease lost"
     return record(claim, outcome, cancelled=heartbeat.cancelled, job_dir=job_dir, client=client)
-
-
-def remove_leftover_attempts(job_dir: Path, lease_owner: str) -> None:
-    """Delete the attempt folders earlier claims left (a worker that died): their files never landed.
-
-    One of a worker frozen past its lease may still be in use: it then fails to write there, or its
-    commit is refused; either way nothing of it lands."""
-    ours = storage.attempt_dir(job_dir, lease_owner)
-    for folder in storage.attempt_dirs(job_dir):
-        if folder != ours:
-            log.info("job %s: removing %s left by an earlier attempt", job_dir.name, folder.name)
-            discard(folder)
 
 
 def train(claim: Claim, job_dir: Path, hooks: Hooks, settings: Settings) -> FitResult | str:
@@ -198,8 +190,8 @@ def record(claim: Claim, outcome: FitResult | str, *, cancelled: bool, job_dir: 
     else:
         status, result = JobStatus.succeeded, result_of(outcome)
     with session_scope() as session:
-        recorded = finish_job(session=session, job_id=claim.job_id, lease_owner=claim.lease_owner,
-                              status=status, error=error, result=result)
+        recorded = finish(JOBS, session=session, object_id=claim.job_id, lease_owner=claim.lease_owner,
+                          values={"status": status, "error": error, "result": result})
         if recorded:
             record_artifacts(session, claim.job_id, job_dir)
     if not recorded:
@@ -239,14 +231,3 @@ def select_gpu() -> None:
     index = process_index()
     if index is not None and torch.cuda.is_available() and torch.cuda.device_count() > 1:
         torch.cuda.set_device(index % torch.cuda.device_count())
-
-
-def _hand_back(claim: Claim) -> None:
-    try:
-        with session_scope() as session:
-            released = release_job(session=session, job_id=claim.job_id, lease_owner=claim.lease_owner)
-        if released == JobStatus.queued:
-            celery_app.send_task(TRAIN_TASK, args=[claim.job_id], queue=claim.queue)
-            log.warning("job %s interrupted by the worker's shutdown; requeued", claim.job_id)
-    except Exception:
-        log.exception("job %s: could not requeue after an interruption; the reaper will", claim.job_id)

@@ -13,8 +13,9 @@ from sqlalchemy.orm import ORMExecuteState, Session
 
 from app.core.db import new_session, session_scope
 from app.core.errors import Conflict
-from app.core.loss_stream import LossRecord, LossStream, cancel_key, stream_key
+from app.core.loss_stream import LossRecord, LossStream
 from app.core.queue import TRAIN_TASK
+from app.core.redis_keys import cancel_key, stream_key
 from app.core.tables import EpochMetric, Job, JobStatus, LossPoint, utcnow
 from app.jobs import service as jobs
 from tests.app.harness import DEAD_REDIS_URL, ApiEnv, add_job, api_client, cleanup, configure, write_weights

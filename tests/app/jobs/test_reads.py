@@ -8,7 +8,8 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from app.core.loss_stream import LossRecord, LossStream, stream_key
+from app.core.loss_stream import LossRecord, LossStream
+from app.core.redis_keys import stream_key
 from app.core.tables import JobStatus
 from app.jobs.reads import LIVE_STEP_SECONDS, FastReads
 from tests.app.harness import ApiEnv

@@ -20,7 +20,7 @@ from app.core.queue import enqueue_training
 from app.core.tables import Job, JobStatus, utcnow
 from tests.processes import wait_for
 from tests.worker.conftest import Workers, worker_processes
-from worker.leases.claims import CLAIM_TRIES, Claim, ClaimContended, claim_next, fair_choice
+from worker.training.jobs import CLAIM_TRIES, Claim, ClaimContended, claim_next, fair_choice
 
 T0 = utcnow() - timedelta(hours=1)
 

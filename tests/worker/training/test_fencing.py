@@ -19,15 +19,16 @@ from sqlalchemy.exc import OperationalError
 from app.core import storage
 from app.core.config import Settings
 from app.core.db import get_engine, new_session, session_scope
-from app.core.loss_stream import LossRecord, LossStream, StreamFenced, lease_key, stream_key
+from app.core.loss_stream import LossRecord, LossStream, StreamFenced
+from app.core.redis_keys import lease_key, stream_key
 from app.core.tables import EpochMetric, Job, JobStatus, LossPoint, utcnow
 from app.jobs.service import read_losses
 from tests.processes import Service, wait_for
 from tests.worker.conftest import Workers, worker_processes
 from tests.worker.leases.test_claims import add_job
-from worker.leases.claims import claim_job
 from worker.training.attempts import ORPHAN_AFTER_SECONDS, remove_attempt_folders, sweep_attempt_folders
 from worker.training.hooks import EpochMetrics, LossChunk, RunInfo
+from worker.training.jobs import claim_job
 from worker.training.reporter import Reporter
 
 FILES = (storage.BEST, storage.LAST, storage.CHECKPOINT)

@@ -18,9 +18,10 @@ from sqlalchemy import delete, select, update
 
 from app.core.config import Settings, get_settings
 from app.core.db import new_session, session_scope
-from app.core.loss_stream import LossRecord, LossStream, cancel_key, lease_key, stream_key
+from app.core.loss_stream import LossRecord, LossStream
 from app.core.migrate import upgrade_head
 from app.core.queue import enqueue_training, queue_name
+from app.core.redis_keys import cancel_key, lease_key, stream_key
 from app.core.storage import attempt_dir, attempt_dirs, staged_epoch_dir
 from app.core.tables import Artifact, EpochMetric, Job, JobStatus, LossPoint, utcnow
 from app.jobs.service import cancel_job, create_job

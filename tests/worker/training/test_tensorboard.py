@@ -19,7 +19,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from app.core import storage
 from app.core.db import new_session
-from app.core.loss_stream import stream_key
+from app.core.redis_keys import stream_key
 from app.core.tables import EpochMetric, JobStatus, LossPoint
 from tests.processes import wait_for
 from tests.worker.conftest import Workers, worker_processes
