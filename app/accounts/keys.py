@@ -1,17 +1,38 @@
-"""API key service functions: create (the key is returned once), list, revoke, and the lookup of a request's key.
+"""API keys: their format, the service functions (create: the key is returned once; list; revoke), and the lookup
+of each request's key.
 
-Keyword-only, raising domain errors, as app/jobs.py."""
+A key is "taas_" + 32 random bytes (URL-safe base64); the database keeps only its SHA-256, looked up on every
+request (no cache: a revoked key fails the very next request, on every API process). The key travels only in
+the Authorization header, never in a cookie or the URL, so a page on another site cannot make a browser send it.
+Keyword-only service functions, raising domain errors, as app.jobs.service."""
+
+import hashlib
+import secrets
+from typing import Any
 
 from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import FromClause
 
-from app.accounts.limits import EffectiveLimits, Limits
-from app.accounts.principal import SHOWN_CHARS, Principal, key_hash, new_key
-from app.core.config import Settings
+from app.accounts.limits import Limits
+from app.core.batched_reads import BatchedLookup
 from app.core.db import rowcount
 from app.core.errors import NotFound
 from app.core.paging import newest_first
+from app.core.reads import Query, Reads, namespace
 from app.core.tables import ApiKey, is_id, utcnow
+
+KEY_PREFIX = "taas_"
+# Characters of a key shown in listings (the prefix and 7 of the random part).
+SHOWN_CHARS = len(KEY_PREFIX) + 7
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def create_key(*, session: Session, owner: str, admin: bool, name: str | None = None,
@@ -49,23 +70,37 @@ def revoke_key(*, session: Session, key_id: str) -> ApiKey:
     return row
 
 
-def principal_of(row: ApiKey | None, settings: Settings) -> Principal | None:
-    """Who a key row authenticates: None when there is no row or it was revoked."""
-    if row is None or row.revoked_at is not None:
-        return None
-    return Principal(key_id=row.id, owner=row.owner, admin=row.admin,
-                     limits=EffectiveLimits.of_stored(settings, row.limits))
-
-
 def find_key(*, session: Session, key: str) -> ApiKey | None:
     return session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash(key)))
-
-
-def keys_by_hash(session: Session, hashes: list[str]) -> dict[str, ApiKey]:
-    """The rows of these key hashes (one query for a batch of requests' keys)."""
-    return {row.key_hash: row for row in session.scalars(select(ApiKey).where(ApiKey.key_hash.in_(hashes)))}
 
 
 def key_is_valid(*, session: Session, key: str) -> bool:
     row = find_key(session=session, key=key)
     return row is not None and row.revoked_at is None
+
+
+def _keys_by_hash(r: FromClause) -> Select[Any]:
+    return select(r.c.key_hash, ApiKey.__table__).select_from(
+        r.join(ApiKey.__table__, ApiKey.key_hash == r.c.key_hash))
+
+
+KEYS_BY_HASH = Query(("key_hash",), _keys_by_hash)
+
+
+class KeyLookup:
+    """Each request's key row by its hash (app.accounts.deps), batched with the concurrent requests' lookups."""
+
+    def __init__(self, reads: Reads):
+        self.reads = reads
+        self.lookup: BatchedLookup[str, Any] = BatchedLookup(self._fetch, max_in_flight=reads.capacity)
+
+    async def get(self, hashed: str) -> Any:
+        """The api_keys row of this hash (an object with ApiKey's attributes), or None."""
+        return await self.lookup.get(hashed)
+
+    async def _fetch(self, hashes: list[str]) -> dict[str, Any]:
+        return {row[0]: namespace(ApiKey.__table__, row[1:])
+                for row in await self.reads.rows(KEYS_BY_HASH, [(h,) for h in hashes])}
+
+    async def close(self) -> None:
+        await self.lookup.close()

@@ -1,28 +1,15 @@
-"""API keys and who a request is: `Authorization: Bearer <key>` -> a Principal (owner, admin, limits).
+"""Who a request is: its API key's owner, admin right and limits (a Principal), or the local owner when auth is off."""
 
-A key is "taas_" + 32 random bytes (URL-safe base64); the database keeps only its SHA-256, looked up on every
-request (no cache: a revoked key fails the very next request, on every API process). The key travels only in
-the Authorization header, never in a cookie or the URL, so a page on another site cannot make a browser send it.
-"""
-
-import hashlib
-import secrets
 from dataclasses import dataclass
+from typing import Any
 
+from fastapi.security import HTTPAuthorizationCredentials
+from starlette.requests import Request
+
+from app.accounts.keys import KEY_PREFIX
 from app.accounts.limits import EffectiveLimits
-
-KEY_PREFIX = "taas_"
-# Characters of a key shown in listings (the prefix and 7 of the random part).
-SHOWN_CHARS = len(KEY_PREFIX) + 7
-REALM = 'Bearer realm="taas"'
-
-
-def new_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+from app.core.config import Settings
+from app.core.errors import Unauthorized
 
 
 @dataclass(frozen=True)
@@ -33,3 +20,34 @@ class Principal:
     owner: str
     admin: bool
     limits: EffectiveLimits
+
+
+def principal_of(row: Any, settings: Settings) -> Principal | None:
+    """Who a key row (an ApiKey, or a row with its attributes) authenticates: None when there is no row or it was
+    revoked."""
+    if row is None or row.revoked_at is not None:
+        return None
+    return Principal(key_id=row.id, owner=row.owner, admin=row.admin,
+                     limits=EffectiveLimits.of_stored(settings, row.limits))
+
+
+def local_principal(settings: Settings) -> Principal:
+    """Every request's principal when auth is off: the local owner, an admin."""
+    return Principal(key_id=None, owner=settings.owner, admin=True, limits=EffectiveLimits.of(settings))
+
+
+def presented_key(credentials: HTTPAuthorizationCredentials | None) -> str:
+    """The API key of the request's Authorization header; Unauthorized when there is none that could be one."""
+    key = credentials.credentials.strip() if credentials is not None else ""
+    if not key.startswith(KEY_PREFIX) or len(key) > 128 or not key.isascii():
+        raise Unauthorized("this route needs an API key: send the header 'Authorization: Bearer <key>' (keys "
+                           "come from `taas keys create`, POST /keys, or the one ./taas.sh run prints)")
+    return key
+
+
+def authenticated(request: Request, principal: Principal | None) -> Principal:
+    """The request's principal, kept for the audit log (app.accounts.audit); Unauthorized for a key not found."""
+    if principal is None:
+        raise Unauthorized("this API key is unknown or was revoked")
+    request.state.principal = principal
+    return principal

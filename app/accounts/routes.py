@@ -1,19 +1,23 @@
-"""API keys (admin): create one (the key is shown once), list them, revoke one."""
+"""Accounts (admin routes): API keys (create one: the key is shown once; list; revoke) and the audit log of every
+state-changing request."""
 
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi import status as http_status
 
-from app.accounts import keys
+from app.accounts import audit, keys
+from app.accounts.deps import AdminDep
 from app.accounts.limits import EffectiveLimits, Limits
-from app.web.deps import AdminDep, DbDep, SettingsDep
-from app.web.schemas import KeyCreate, KeyCreated, KeyPublic, KeysPublic, error_responses
+from app.accounts.schemas import AuditEventPublic, AuditPublic, KeyCreate, KeyCreated, KeyPublic, KeysPublic
+from app.web.deps import DbDep, SettingsDep
+from app.web.responses import error_responses
 
-router = APIRouter(prefix="/keys", tags=["keys"], responses=error_responses(401, 403))
+router = APIRouter(responses=error_responses(401, 403))
+keys_router = APIRouter(prefix="/keys", tags=["keys"], responses=error_responses(401, 403))
 
 
-@router.post("", status_code=http_status.HTTP_201_CREATED)
+@keys_router.post("", status_code=http_status.HTTP_201_CREATED)
 async def create_key(body: KeyCreate, request: Request, admin: AdminDep, db: DbDep,
                      settings: SettingsDep) -> KeyCreated:
     """Create a key for an owner (admin keys only); the answer is the only time the key itself is shown."""
@@ -24,7 +28,7 @@ async def create_key(body: KeyCreate, request: Request, admin: AdminDep, db: DbD
     return KeyCreated(**public.model_dump(), key=key)
 
 
-@router.get("", responses=error_responses(400))
+@keys_router.get("", responses=error_responses(400))
 async def list_keys(
     admin: AdminDep, db: DbDep, settings: SettingsDep,
     owner: Annotated[str | None, Query(max_length=64, description="Only this owner's keys.")] = None,
@@ -39,8 +43,24 @@ async def list_keys(
                             for r in rows], next_cursor=next_cursor)
 
 
-@router.delete("/{key_id}", status_code=http_status.HTTP_204_NO_CONTENT, responses=error_responses(404))
+@keys_router.delete("/{key_id}", status_code=http_status.HTTP_204_NO_CONTENT, responses=error_responses(404))
 async def revoke_key(key_id: str, admin: AdminDep, db: DbDep) -> Response:
     """Revoke a key: the next request made with it gets 401, on every API process."""
     await db.run(lambda session: keys.revoke_key(session=session, key_id=key_id))
     return Response(status_code=http_status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/audit", tags=["audit"], responses=error_responses(400))
+async def list_audit(
+    admin: AdminDep, db: DbDep, settings: SettingsDep,
+    owner: Annotated[str | None, Query(max_length=64, description="Only this owner's requests.")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+) -> AuditPublic:
+    """State-changing requests: who (key, owner, client), what (method, route), which object, the outcome."""
+    rows, next_cursor = await db.read(lambda session: audit.list_events(
+        session=session, owner=owner, limit=min(limit, settings.page_size_max), cursor=cursor))
+    return AuditPublic(data=[AuditEventPublic.model_validate(r) for r in rows], next_cursor=next_cursor)
+
+
+router.include_router(keys_router)

@@ -4,18 +4,12 @@ from functools import lru_cache
 
 from fastapi import APIRouter
 
+from app.accounts.deps import OwnerDep
+from app.catalog.schemas import ArchitectureInfo, CatalogDataset, CatalogPublic, LossInfo, OptimizerInfo, SchedulerInfo
 from app.datasets import service as datasets
-from app.web.deps import DbDep, OwnerDep
-from app.web.schemas import (
-    ArchitectureInfo,
-    CatalogDataset,
-    CatalogPublic,
-    ImageShape,
-    LossInfo,
-    OptimizerInfo,
-    SchedulerInfo,
-    error_responses,
-)
+from app.datasets.schemas import ImageShape
+from app.web.deps import DbDep
+from app.web.responses import error_responses
 from spec.architectures import ARCHITECTURES
 from spec.datasets import BUILTIN_DATASETS, DatasetInfo
 from spec.training import LOSSES, OPTIMIZERS, SCHEDULERS

@@ -17,12 +17,12 @@ from sqlalchemy.orm import Session
 
 from app.accounts import keys
 from app.accounts.limits import EffectiveLimits, Limits
+from app.accounts.schemas import KeyCreate
 from app.cli.context import client, err, target
 from app.core.config import Settings, get_settings
 from app.core.db import make_engine, normalize_url
 from app.core.errors import NotFound
 from app.core.migrate import upgrade_head
-from app.web.schemas import KeyCreate
 
 keys_cli = typer.Typer(help="API keys: create, list, revoke (in the server's database, or over HTTP with --url).",
                        no_args_is_help=True)

@@ -1,4 +1,4 @@
-"""Domain errors raised by service code; app/main.py maps each to one HTTP status in one table."""
+"""Domain errors raised by service code; app.web.errors maps each to one HTTP status in one table."""
 
 
 class DomainError(Exception):
@@ -7,6 +7,10 @@ class DomainError(Exception):
     def __init__(self, detail: str):
         super().__init__(detail)
         self.detail = detail
+
+    def headers(self) -> dict[str, str]:
+        """Headers its answer carries (app.web.errors)."""
+        return {}
 
 
 class NotFound(DomainError):
@@ -48,6 +52,9 @@ class Unavailable(DomainError):
 class Unauthorized(DomainError):
     """No API key, or one that is unknown or revoked (401, with WWW-Authenticate)."""
 
+    def headers(self) -> dict[str, str]:
+        return {"www-authenticate": 'Bearer realm="taas"'}
+
 
 class Forbidden(DomainError):
     """A valid key without the right to this route (admin routes)."""
@@ -59,3 +66,6 @@ class TooManyRequests(DomainError):
     def __init__(self, detail: str, *, retry_after: int):
         super().__init__(detail)
         self.retry_after = max(1, retry_after)
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after)}

@@ -9,12 +9,14 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from app.accounts import quotas
+from app.accounts.deps import OwnerDep, PrincipalDep, rate_limited
 from app.core import storage
 from app.core.errors import InvalidSpec, TooManyRequests, UnsupportedMedia
 from app.core.tables import DatasetStatus, new_id
 from app.datasets import service as datasets
-from app.web.deps import DbDep, OwnerDep, PrincipalDep, SettingsDep, rate_limited
-from app.web.schemas import DatasetPublic, DatasetsPublic, error_responses
+from app.datasets.schemas import DatasetPublic, DatasetsPublic
+from app.web.deps import DbDep, SettingsDep
+from app.web.responses import error_responses
 from app.web.streamed_form import receive_form
 from spec.datasets import IngestOptions
 

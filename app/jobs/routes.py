@@ -1,53 +1,29 @@
 """Jobs: submit, list, inspect, follow (losses, metrics), cancel, delete, download weights and TensorBoard files."""
 
 import os
-import stat
-import tarfile
-import zlib
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated, BinaryIO, Literal
 
-import redis
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import status as http_status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
+from app.accounts.deps import OwnerDep, PrincipalDep, bearer, rate_limited
+from app.accounts.keys import key_hash
+from app.accounts.principal import authenticated, presented_key, principal_of
 from app.core import cursors, storage
 from app.core.config import get_settings
-from app.core.db import Database
 from app.core.errors import NotFound
 from app.core.loss_stream import LossRecord
 from app.core.tables import JobStatus
 from app.jobs import service as jobs
-from app.jobs.reads import FastReads
-from app.serving import export
-from app.serving.export import ExportFormat
-from app.web.deps import (
-    BearerDep,
-    DbDep,
-    OwnerDep,
-    PrincipalDep,
-    RedisDep,
-    ServedDep,
-    SettingsDep,
-    get_principal,
-    rate_limited,
-)
-from app.web.fast_routes import read_job
-from app.web.schemas import (
-    EpochMetricPublic,
-    JobPublic,
-    JobsPublic,
-    LossesPublic,
-    LossPublic,
-    MetricsPublic,
-    error_responses,
-    json_response,
-)
+from app.jobs import tensorboard_archive
+from app.jobs.schemas import EpochMetricPublic, JobPublic, JobRow, JobsPublic, LossesPublic, LossPublic, MetricsPublic
+from app.serving.loaded import ServedDep
+from app.web.deps import DbDep, RedisDep, SettingsDep
+from app.web.responses import error_responses, stream_file
 from spec.job import JobSpec
 
 # Every route is async and does its database work in one db.run call (app.core.db.Database): the session is
@@ -83,30 +59,36 @@ async def list_jobs(
     return JobsPublic(data=[JobPublic.of(j) for j in rows], next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=error_responses(404))
-async def get_job(job_id: str, request: Request, credentials: BearerDep) -> Response:
+@router.get("/{job_id}", response_model=JobPublic, responses=error_responses(404), dependencies=[Depends(bearer)])
+async def get_job(job_id: str, request: Request) -> Response:
     """A job's status, progress, timings, result and error."""
-    # The route every dashboard polls: on PostgreSQL with keys on, app.web.fast_routes answers it before FastAPI's
-    # routing (this branch serves an app built without that layer). Its clients come from app.state rather
-    # than from dependencies (each one a coroutine FastAPI resolves per request).
-    reads: FastReads | None = request.app.state.fast_reads
-    if reads is not None and get_settings().auth:
-        return await read_job(request, reads, credentials, job_id)
-    owner = (await get_principal(request, credentials)).owner
-    if reads is not None:  # auth off, on PostgreSQL
+    # The route every dashboard polls, answered through app.web.fast_routes: this endpoint takes only the request
+    # and its path (it is awaited without FastAPI's dependency solving) and reads everything else itself.
+    settings, reads = get_settings(), request.app.state.job_reads
+    if settings.auth:
+        # The key and the job in one statement, batched with concurrent requests' (app.jobs.reads).
+        key_row, job = await reads.key_and_job(key_hash(presented_key(await bearer(request))), job_id)
+        authenticated(request, principal_of(key_row, settings))
+    else:
+        owner = authenticated(request, request.app.state.local_principal).owner
         job = await reads.job(owner=owner, job_id=job_id)
-        if job is None:
-            raise jobs.job_not_found(job_id)
-        return json_response(JobPublic.of(job, live_step=await reads.live_step(job)))
-    db: Database = request.app.state.db
-    client: redis.Redis = request.app.state.redis
+    if job is None:
+        raise jobs.job_not_found(job_id)
+    return Response(public_json(job, await reads.live_step(job)), media_type="application/json")
 
-    def read(session: Session) -> JobPublic:
-        job = jobs.get_job(session=session, owner=owner, job_id=job_id)
-        return JobPublic.of(job, live_step=jobs.live_steps(client=client, job=job))
 
-    # The hot path of every dashboard: serialized once, without FastAPI validating the model a second time.
-    return json_response(await db.read(read))
+def public_json(job: JobRow, live_step: int | None) -> bytes:
+    """JobPublic.of(job, live_step) as JSON, serialized once per row and step.
+
+    The requests of one batched read that asked for the same key and job share its row object
+    (app.core.batched_reads answers each distinct key once): when many clients poll one job, as a dashboard's
+    viewers do, one of them serializes it for all."""
+    memo: tuple[int | None, bytes] | None = getattr(job, "_public_json", None)
+    if memo is not None and memo[0] == live_step:
+        return memo[1]
+    body = JobPublic.of(job, live_step=live_step).model_dump_json().encode()
+    job._public_json = (live_step, body)  # type: ignore[attr-defined]
+    return body
 
 
 @router.get("/{job_id}/losses", responses=error_responses(400, 404))
@@ -198,55 +180,7 @@ async def get_weights(
         return job.id, file, os.fstat(file.fileno()).st_size
 
     job_id, file, size = await db.read(open_file)
-    return StreamingResponse(
-        _chunks(file), media_type="application/octet-stream",
-        headers={"content-length": str(size),
-                 "content-disposition": f'attachment; filename="{job_id}-{which}.safetensors"'},
-        # Also closes the file when the client went away before the first chunk.
-        background=BackgroundTask(file.close),
-    )
-
-
-def _chunks(file: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
-    with file:
-        while chunk := file.read(size):
-            yield chunk
-
-
-EXPORT_MEDIA = {"onnx": "application/onnx", "torchscript": "application/octet-stream"}
-
-
-@router.get(
-    "/{job_id}/export",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"application/onnx": {}, "application/octet-stream": {}},
-                     "description": "The best network with its preprocessing and softmax: float32 pixels "
-                                    "N x C x H x W (0..1, as ToTensor gives them) in, probabilities N x K out"},
-               **error_responses(404, 409)},
-)
-async def export_job(
-    job_id: str, owner: OwnerDep, settings: SettingsDep, served: ServedDep,
-    format: Annotated[ExportFormat, Query(description="onnx (input 'input', output 'probabilities', dynamic "
-                                           "batch) or torchscript (torch.jit.load)")] = "onnx",
-) -> StreamingResponse:
-    """A succeeded job's best network for other runtimes, produced on first request and kept with the job's
-    artifacts; onnxruntime and torch.jit.load give the probabilities POST /predict gives."""
-    model = await served.get(owner=owner, job_id=job_id)
-
-    def open_export() -> tuple[BinaryIO, int]:
-        try:
-            file = export.ensure_export(model, format, settings.artifacts_path).open("rb")
-        except FileNotFoundError:
-            raise NotFound(f"job {job_id}'s artifacts are gone (the job was deleted)") from None
-        return file, os.fstat(file.fileno()).st_size
-
-    file, size = await run_in_threadpool(open_export)
-    name = storage.EXPORT_FILES[format]
-    return StreamingResponse(
-        _chunks(file), media_type=EXPORT_MEDIA[format],
-        headers={"content-length": str(size), "content-disposition": f'attachment; filename="{job_id}-{name}"'},
-        background=BackgroundTask(file.close),
-    )
+    return stream_file(file, size, media_type="application/octet-stream", filename=f"{job_id}-{which}.safetensors")
 
 
 @router.get(
@@ -266,64 +200,13 @@ async def get_tensorboard(job_id: str, db: DbDep, owner: OwnerDep, settings: Set
         return job.id, job.status
 
     job_id, status = await db.read(read)
-    files = await run_in_threadpool(_open_event_files, storage.job_dir(settings.artifacts_path, job_id))
+    folder = storage.job_dir(settings.artifacts_path, job_id)
+    files = await run_in_threadpool(tensorboard_archive.open_event_files, folder)
     if not files:
         raise NotFound(f"job {job_id} has no TensorBoard event files yet (status {status}): they are "
                        "written from its first batch on, and removed with the job")
     return StreamingResponse(
-        _tar_gz(job_id, files), media_type="application/gzip",
+        tensorboard_archive.tar_gz(job_id, files), media_type="application/gzip",
         headers={"content-disposition": f'attachment; filename="{job_id}-tensorboard.tar.gz"'},
-        background=BackgroundTask(_close_all, files),
+        background=BackgroundTask(tensorboard_archive.close_all, files),
     )
-
-
-EventFile = tuple[str, BinaryIO, os.stat_result]
-
-
-def _open_event_files(job_folder: Path) -> list[EventFile]:
-    """The job's event files, opened (what is deleted or grows meanwhile cannot break the archive); never a
-    symbolic link, nor anything but a regular file, so nothing outside the job's folder is read."""
-    opened: list[EventFile] = []
-    for path in storage.event_files(job_folder):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            continue  # gone, or replaced by a link, since it was listed
-        file = os.fdopen(fd, "rb")
-        info = os.fstat(fd)
-        if stat.S_ISREG(info.st_mode):
-            opened.append((path.name, file, info))
-        else:
-            file.close()
-    return opened
-
-
-def _tar_gz(top: str, files: list[EventFile]) -> Iterator[bytes]:
-    """A tar.gz of `files` under the folder `top`, compressed as it is sent (a sync iterator: Starlette runs it
-    on a thread, off the event loop)."""
-    gz = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: the gzip format
-    for part in _tar(top, files):
-        if compressed := gz.compress(part):
-            yield compressed
-    yield gz.flush()
-
-
-def _tar(top: str, files: list[EventFile], chunk: int = 1 << 20) -> Iterator[bytes]:
-    """The tar stream: each file as long as it was when opened (one still being written grows meanwhile)."""
-    for name, file, info in files:
-        header = tarfile.TarInfo(f"{top}/{name}")
-        header.size, header.mtime, header.mode = info.st_size, int(info.st_mtime), 0o644
-        yield header.tobuf(format=tarfile.PAX_FORMAT)  # any name length
-        remaining = info.st_size
-        while remaining:
-            # Zeros if it shrank (nothing truncates event files): the archive stays well formed.
-            data = file.read(min(chunk, remaining)) or b"\0" * min(chunk, remaining)
-            remaining -= len(data)
-            yield data
-        yield b"\0" * (-info.st_size % tarfile.BLOCKSIZE)
-    yield b"\0" * (2 * tarfile.BLOCKSIZE)  # the end-of-archive marker
-
-
-def _close_all(files: list[EventFile]) -> None:
-    for _, file, _ in files:
-        file.close()

@@ -8,7 +8,7 @@ from typing import Any, BinaryIO, Literal
 import redis
 from pydantic import ValidationError
 from redis.exceptions import RedisError
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, and_, delete, select, update
 from sqlalchemy.orm import Session
 
 from app.accounts.limits import EffectiveLimits
@@ -84,10 +84,16 @@ def job_not_found(job_id: str) -> NotFound:
     return NotFound(f"no job {job_id!r}")
 
 
+def owned_job(*, owner: Any, job_id: Any) -> ColumnElement[bool]:
+    """The condition "the job of this id, if it is this owner's" (values, or columns to join on): every read of a
+    job by a request (this module's, and GET /jobs/{id}'s batched one, app.jobs.reads) is scoped by it."""
+    return and_(Job.id == job_id, Job.owner == owner)
+
+
 def get_job(*, session: Session, owner: str, job_id: str) -> Job:
     if not is_id(job_id):
         raise job_not_found(job_id)
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.owner == owner))
+    job = session.scalar(select(Job).where(owned_job(owner=owner, job_id=job_id)))
     if job is None:
         raise job_not_found(job_id)
     return job

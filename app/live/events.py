@@ -26,7 +26,7 @@ from app.core.errors import BadCursor
 from app.core.loss_stream import LossRecord, LossStream
 from app.core.tables import TERMINAL, Job, JobStatus
 from app.jobs import service as jobs
-from app.web.schemas import EpochMetricPublic, JobPublic
+from app.jobs.schemas import EpochMetricPublic, JobPublic
 
 # How often the job's row and metrics are read again (status, epochs) while the stream waits for losses.
 ROW_SECONDS = 1.0

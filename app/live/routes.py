@@ -1,18 +1,26 @@
-"""A job's live events: Server-Sent Events of losses, epoch metrics and status, resumable with Last-Event-ID."""
+"""Watching the service live: a job's events (Server-Sent Events of losses, epoch metrics and status, resumable with
+Last-Event-ID), the service's health, and its Prometheus metrics."""
 
 from collections.abc import AsyncIterable
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Request, Response, status
+from fastapi.responses import PlainTextResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
 
+from app.accounts.deps import AdminDep, OwnerDep
 from app.core.config import get_settings
+from app.core.errors import Unavailable
 from app.jobs import service as jobs
+from app.live import health, metrics
 from app.live.events import KEEPALIVE, JobEvents, Position
-from app.web.deps import DbDep, OwnerDep
-from app.web.schemas import error_responses
+from app.live.schemas import HealthPublic
+from app.web.deps import DbDep, RedisDep, SettingsDep
+from app.web.responses import ERROR_DESCRIPTIONS, error_responses
 
-router = APIRouter(prefix="/jobs", tags=["jobs"], responses=error_responses(401))
+router = APIRouter()
+events_router = APIRouter(prefix="/jobs", tags=["jobs"], responses=error_responses(401))
 
 _STREAM = {
     "description": "text/event-stream: `loss` {\"losses\": [{step, epoch, batch, loss, t}, ...]}, `epoch` (a row "
@@ -36,7 +44,7 @@ async def job_events(
                      position=position, keepalive_seconds=get_settings().events_keepalive_seconds)
 
 
-@router.get("/{job_id}/events", response_class=EventSourceResponse,
+@events_router.get("/{job_id}/events", response_class=EventSourceResponse,
             responses={200: _STREAM, **error_responses(400, 404)})
 async def stream_events(events: Annotated[JobEvents, Depends(job_events)]) -> AsyncIterable[ServerSentEvent]:
     """Follow a job live (Server-Sent Events): losses as they are handed over, epoch metrics, status, end."""
@@ -45,3 +53,39 @@ async def stream_events(events: Annotated[JobEvents, Depends(job_events)]) -> As
             yield ServerSentEvent(comment="keep-alive")
         else:
             yield ServerSentEvent(raw_data=frame.data, event=frame.event, id=frame.id)
+
+
+@router.get("/health", tags=["health"], responses={503: {"model": HealthPublic, "description": "A dependency is down"}})
+async def get_health(db: DbDep, client: RedisDep, response: Response) -> HealthPublic:
+    """Check the database (SELECT 1) and Redis (PING); 503 names the one that failed."""
+    try:
+        database = await db.read(health.select_one)
+    except Unavailable as e:
+        database = f"failed: {e.detail}"
+    redis = await run_in_threadpool(health.ping, client)
+    ok = database == redis == "ok"
+    if not ok:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        response.headers["retry-after"] = "1"
+    return HealthPublic(status="ok" if ok else "unavailable", db=database, redis=redis)
+
+
+def _responses() -> dict[int | str, dict[str, Any]]:
+    """The exposition is text; errors stay JSON (FastAPI would document them in the route's media type)."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorPublic"}}}
+    exposition = {"description": "Prometheus' text exposition format (version 0.0.4): every taas_ metric",
+                  "content": {"text/plain": {"schema": {"type": "string"}}}}
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"description": ERROR_DESCRIPTIONS[code], "content": error} for code in (401, 403)}
+    return {200: exposition, **errors}
+
+
+@router.get("/metrics", tags=["metrics"], response_class=PlainTextResponse, responses=_responses())
+async def get_metrics(admin: AdminDep, db: DbDep, client: RedisDep, settings: SettingsDep) -> Response:
+    """Requests, predictions, jobs, queues, epochs and workers, summed over the API processes (Prometheus)."""
+    # Off the event loop: the processes' files, the database and Redis, read on one worker thread.
+    body = await db.read(lambda session: metrics.render(session=session, client=client, settings=settings))
+    return Response(body, media_type=metrics.CONTENT_TYPE)
+
+
+router.include_router(events_router)

@@ -10,13 +10,18 @@ import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Annotated
 
+import numpy as np
+from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.core.config import Settings
 from app.core.db import Database
 from app.jobs import service as jobs
-from app.serving.predictor import Model, Predictor
+from app.serving.batching import Batcher
+from app.serving.predictor import Model, Predictor, Work
 from spec.datasets import DatasetInfo
 from spec.job import JobSpec
 
@@ -88,3 +93,27 @@ class ServedModels:
     def evict(self, job_id: str) -> None:
         for key in [k for k in self._entries if k[1] == job_id]:
             del self._entries[key]
+
+
+async def get_served(request: Request) -> ServedModels:
+    served: ServedModels = request.app.state.served
+    return served
+
+
+ServedDep = Annotated[ServedModels, Depends(get_served)]
+
+
+PredictBatcher = Batcher[Work, np.ndarray]
+
+
+def open_serving(settings: Settings, db: Database) -> tuple[ServedModels, PredictBatcher]:
+    """An API process's models (loaded on first use) and its running batcher (app.serving.batching)."""
+    predictor = Predictor(artifacts=settings.artifacts_path, max_pixels=settings.predict_max_pixels,
+                          max_request_pixels=settings.predict_max_request_pixels, threads=settings.predict_threads)
+    served = ServedModels(predictor=predictor, db=db, capacity=settings.predict_cache_size,
+                          recheck_seconds=settings.predict_recheck_seconds, max_bytes=settings.predict_cache_bytes)
+    batcher: PredictBatcher = Batcher(
+        predictor.run, max_batch=settings.predict_batch_max_images,
+        max_delay=settings.predict_batch_max_delay_ms / 1000, max_queue=settings.predict_queue_max_images)
+    batcher.start()
+    return served, batcher

@@ -1,20 +1,31 @@
-"""Predictions with a finished job's best weights."""
+"""Serving a finished job: POST /predict, its network exported for other runtimes (GET /jobs/{id}/export), and
+the Open Inference Protocol (app.serving.v2_routes)."""
 
+import os
 from time import perf_counter
-from typing import Any
+from typing import Annotated, Any, BinaryIO
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
+from app.accounts.deps import OwnerDep, PrincipalDep, count_rate
+from app.core import storage
 from app.core.config import get_settings
-from app.core.errors import PayloadTooLarge
+from app.core.errors import NotFound, PayloadTooLarge
 from app.live.metrics import observe_prediction
+from app.serving import export, v2_routes
+from app.serving.export import ExportFormat
+from app.serving.loaded import ServedDep
 from app.serving.predictor import Upload, Work, postprocess
+from app.serving.schemas import PredictionPublic, PredictionsPublic
 from app.web.buffered_form import parse_form
-from app.web.deps import PrincipalDep, count_rate
-from app.web.schemas import PredictionPublic, PredictionsPublic, error_responses
+from app.web.deps import SettingsDep
+from app.web.responses import error_responses, stream_file
 
 router = APIRouter(tags=["predict"], responses=error_responses(401))
+jobs_router = APIRouter(prefix="/jobs", tags=["jobs"], responses=error_responses(401))
 
 _FORM: dict[str, Any] = {
     "requestBody": {
@@ -71,3 +82,39 @@ async def predict(request: Request, principal: PrincipalDep) -> Response:
     )
     observe_prediction("/predict", started, len(uploads))
     return Response(body.model_dump_json(), media_type="application/json")
+
+
+EXPORT_MEDIA = {"onnx": "application/onnx", "torchscript": "application/octet-stream"}
+
+
+@jobs_router.get(
+    "/{job_id}/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/onnx": {}, "application/octet-stream": {}},
+                     "description": "The best network with its preprocessing and softmax: float32 pixels "
+                                    "N x C x H x W (0..1, as ToTensor gives them) in, probabilities N x K out"},
+               **error_responses(404, 409)},
+)
+async def export_job(
+    job_id: str, owner: OwnerDep, settings: SettingsDep, served: ServedDep,
+    format: Annotated[ExportFormat, Query(description="onnx (input 'input', output 'probabilities', dynamic "
+                                           "batch) or torchscript (torch.jit.load)")] = "onnx",
+) -> StreamingResponse:
+    """A succeeded job's best network for other runtimes, produced on first request and kept with the job's
+    artifacts; onnxruntime and torch.jit.load give the probabilities POST /predict gives."""
+    model = await served.get(owner=owner, job_id=job_id)
+
+    def open_export() -> tuple[BinaryIO, int]:
+        try:
+            file = export.ensure_export(model, format, settings.artifacts_path).open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"job {job_id}'s artifacts are gone (the job was deleted)") from None
+        return file, os.fstat(file.fileno()).st_size
+
+    file, size = await run_in_threadpool(open_export)
+    return stream_file(file, size, media_type=EXPORT_MEDIA[format],
+                       filename=f"{job_id}-{storage.EXPORT_FILES[format]}")
+
+
+router.include_router(jobs_router)
+router.include_router(v2_routes.router)

@@ -11,13 +11,15 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from app.accounts.deps import OwnerDep, PrincipalDep, count_rate
 from app.core.config import get_settings
 from app.live.health import select_one
 from app.live.metrics import observe_prediction
 from app.serving import oip
+from app.serving.loaded import ServedDep
 from app.serving.predictor import Upload, Work
-from app.web.deps import DbDep, OwnerDep, PrincipalDep, ServedDep, count_rate
-from app.web.schemas import error_responses
+from app.web.deps import DbDep
+from app.web.responses import error_responses
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
 

@@ -7,6 +7,19 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.config import get_settings
+
+
+def max_body_bytes(path: str) -> int:
+    """The most request-body bytes a route accepts: archives on /datasets, images or tensors on /predict and
+    /v2/models/{name}/infer, small JSON everywhere else."""
+    settings = get_settings()
+    if path == "/datasets":
+        return settings.dataset_max_upload_bytes
+    if path == "/predict" or (path.startswith("/v2/models/") and path.endswith("/infer")):
+        return settings.predict_max_bytes
+    return settings.request_max_bytes
+
 
 def _too_large(size: str, limit: int, path: str) -> str:
     return f"request body is {size} bytes; at most {limit} bytes are accepted by {path}"

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app.web.schemas import ERROR_DESCRIPTIONS
+from app.web.responses import ERROR_DESCRIPTIONS
 
 PUBLIC_PATHS = frozenset({"/health", "/v2", "/v2/health/live", "/v2/health/ready"})
 METHODS = ("get", "post", "put", "patch", "delete")

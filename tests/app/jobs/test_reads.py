@@ -9,9 +9,10 @@ import redis
 import redis.asyncio
 
 from app.core.loss_stream import LossRecord, LossStream
+from app.core.reads import open_reads
 from app.core.redis_keys import stream_key
 from app.core.tables import JobStatus
-from app.jobs.reads import LIVE_STEP_SECONDS, FastReads
+from app.jobs.reads import LIVE_STEP_SECONDS, JobReads
 from tests.app.harness import ApiEnv
 
 
@@ -35,7 +36,8 @@ def test_polls_of_a_running_job_share_one_read_of_its_live_step(env: ApiEnv):
 
     async def scenario() -> None:
         client = CountedRedis.from_url(env.settings.redis_url)
-        reads = FastReads(env.settings, client)
+        database = await open_reads(env.settings)
+        reads = JobReads(database, client)
         try:
             polls = [asyncio.create_task(reads.live_step(running)) for _ in range(32)]
             await asyncio.sleep(0.01)
@@ -52,6 +54,7 @@ def test_polls_of_a_running_job_share_one_read_of_its_live_step(env: ApiEnv):
             assert CountedRedis.calls == 2
         finally:
             await reads.close()
+            await database.close()
             await client.aclose()
 
     try:
