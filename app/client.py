@@ -22,8 +22,8 @@ from typing import Any, BinaryIO
 import httpx
 
 from app.core.config import Settings, get_settings
+from app.core.storage import KEY_FILE
 
-KEY_FILE = "api-key"  # as app.local.up keeps it
 # follow(): the API unreachable (0) or briefly unable to answer: reconnect, backing off.
 RECONNECT_STATUSES = frozenset({0, 502, 503, 504})
 RECONNECT_FIRST_SECONDS = 0.5

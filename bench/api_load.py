@@ -23,7 +23,7 @@ import httpx
 from sqlalchemy import create_engine, text
 
 from app.core.config import Settings
-from app.local.up import free_port
+from app.local.processes import free_port
 from bench import wrk
 from bench.auth import bench_key
 from bench.serving import start, stop, unpacked

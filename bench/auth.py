@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from app.accounts import keys
 from app.accounts.limits import UNLIMITED, Limits
 from app.core.db import make_engine
-from app.local.up import KEY_FILE
+from app.core.storage import KEY_FILE
 
 
 def bench_key(database_url: str, owner: str) -> dict[str, str]:

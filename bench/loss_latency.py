@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from app.local.up import free_port
+from app.local.processes import free_port
 from bench.auth import up_key
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -33,7 +33,7 @@ from app.core.config import Settings
 from app.core.db import make_engine
 from app.core.migrate import upgrade_head
 from app.core.tables import Job, JobStatus, utcnow
-from app.local.up import free_port
+from app.local.processes import free_port
 from bench import wrk
 from bench.auth import bench_key
 from bench.tutorial_loop import NeuralNetwork

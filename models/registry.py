@@ -9,7 +9,9 @@ from torch import nn
 from models.lenet import LeNet5
 from models.mlp import Net, NeuralNetwork
 from models.vision import resnet, vgg
-from spec.architectures import ARCHITECTURES, InputShape, MLPParams, MnistMLPParams
+from spec.architectures import ARCHITECTURES, RESNET_BLOCKS
+from spec.networks.layers import InputShape
+from spec.networks.mlp import MLPParams, MnistMLPParams
 from spec.params import NoParams, Params
 
 
@@ -33,7 +35,7 @@ BUILDERS: dict[str, Callable[[Any, InputShape], nn.Module]] = {
     "mlp": _mlp,
     "mnist-mlp": _mnist_mlp,
     "lenet5": _lenet5,
-    **{n: partial(_torchvision, resnet, n) for n in ("resnet18", "resnet34", "resnet50")},
+    **{n: partial(_torchvision, resnet, n) for n in RESNET_BLOCKS},
     **{n: partial(_torchvision, vgg, n) for n in ("vgg11", "vgg11_bn")},
 }
 if set(BUILDERS) != set(ARCHITECTURES):

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from spec.architectures import InputShape
+from spec.networks.layers import InputShape
 from spec.params import Params
 
 # Larger sides are refused: a store is N x C x H x W bytes, and resizing exists to make images small.

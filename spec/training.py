@@ -2,8 +2,9 @@
 
 The builders (torch) are in worker/optim.py, keyed by the same names."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -53,15 +54,19 @@ class RMSpropParams(Params):
 class Optimizer:
     name: str
     params: type[Params]
+    # How many parameter-sized tensors it keeps (torch.optim's per-parameter state), from its params: the job budget's
+    # (spec.budget) part of the training state.
+    buffers: Callable[[Any], int]
 
 
 OPTIMIZERS: dict[str, Optimizer] = {
     o.name: o
     for o in [
-        Optimizer("sgd", SGDParams),
-        Optimizer("adam", AdamParams),
-        Optimizer("adamw", AdamWParams),
-        Optimizer("rmsprop", RMSpropParams),
+        Optimizer("sgd", SGDParams, lambda p: int(p.momentum > 0)),  # momentum_buffer
+        Optimizer("adam", AdamParams, lambda p: 2 + int(p.amsgrad)),  # exp_avg, exp_avg_sq (, max_exp_avg_sq)
+        Optimizer("adamw", AdamWParams, lambda p: 2 + int(p.amsgrad)),
+        # square_avg (, momentum_buffer, grad_avg)
+        Optimizer("rmsprop", RMSpropParams, lambda p: 1 + int(p.momentum > 0) + int(p.centered)),
     ]
 }
 

@@ -1,21 +1,19 @@
 """Start the service's processes (API, Celery workers) as real subprocesses, and wait with timeouts."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import httpx
 import redis
 
-from app.local.up import free_port
+from app.local.processes import Child, free_port, spawn
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -42,44 +40,12 @@ def service_env(settings: Mapping[str, str], **extra: str) -> dict[str, str]:
     return env
 
 
-@dataclass
-class Service:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        """Signal the process (and its group) and wait; kill it if it does not exit in time."""
-        if self.alive():
-            _signal_group(self.process.pid, sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                _signal_group(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        return self.process.returncode
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
+# The service's processes as `taas up` runs its children (app.local.processes): a session each, a log file each.
+Service = Child
 
 
 def start(name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> Service:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(args, cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-    return Service(name, process, log_path)
+    return spawn(name, args, cwd=ROOT, env=env, log_path=log_dir / f"{name}.log")
 
 
 def start_worker(name: str, env: Mapping[str, str], log_dir: Path, *, concurrency: int = 1,

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.local.up import free_port
+from app.local.processes import free_port
 from tests.processes import ROOT, Service, create_key, service_env, start_api, wait_healthy
 
 BURST = 200

@@ -21,7 +21,7 @@ from PIL import Image
 
 from app.core.redis_keys import stream_key
 from app.core.storage import STORE
-from app.local.up import free_port
+from app.local.processes import free_port
 from tests.archives import bars, class_folders, zip_of
 from tests.processes import Service, wait_for
 from tests.processes import compose_topology as topology

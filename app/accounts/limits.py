@@ -4,33 +4,11 @@ Kinds of limit: how many jobs may wait or run (active_jobs), how many bytes of d
 how many expensive requests per key (submit_rate, predict_rate, kept in Redis so every API process shares
 them), and how big one job may be (job_params, job_memory_bytes, job_epochs, job_attempts)."""
 
-from typing import Annotated, Any
+from typing import Any
 
-import limits
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from app.core.config import Settings
-
-UNLIMITED = "unlimited"
-
-
-def parse_rate(text: str) -> limits.RateLimitItem | None:
-    """A rate in limits' notation ("60/minute"), or None for "unlimited"; ValueError names the rule."""
-    if text.strip().lower() == UNLIMITED:
-        return None
-    try:
-        return limits.parse(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a rate: write it as N/second, N/minute, N/hour or N/day "
-                         f"(e.g. \"60/minute\"), or {UNLIMITED!r}") from None
-
-
-def _rate(text: str) -> str:
-    parse_rate(text)
-    return text
-
-
-Rate = Annotated[str, AfterValidator(_rate), Field(max_length=64)]
+from app.core.config import Rate, Settings
 
 
 class Limits(BaseModel):

@@ -14,9 +14,9 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from redis.exceptions import RedisError
 
-from app.accounts.limits import parse_rate, setting_name
+from app.accounts.limits import setting_name
 from app.accounts.principal import Principal
-from app.core.config import Settings
+from app.core.config import Settings, parse_rate
 from app.core.errors import TooManyRequests
 from app.core.redis_client import timeouts
 from app.core.redis_keys import RATE_KEY_PREFIX

@@ -15,7 +15,8 @@ from app.cli.context import Target, err
 from app.cli.datasets import datasets_cli
 from app.cli.keys import keys_cli
 from app.client import ApiError
-from app.local import up as local
+from app.local.up import UpOptions
+from app.local.up import up as run_up
 
 cli = typer.Typer(name="taas", help="PyTorch training as a service.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -52,7 +53,7 @@ def up(
 ) -> None:
     """Run API + workers + Redis on this machine (SQLite and a private Redis in the state folder); prints the
     URL and the admin API key. Ctrl-C stops it all."""
-    raise typer.Exit(local.up(local.UpOptions(
+    raise typer.Exit(run_up(UpOptions(
         host=host, port=port, workers=workers, state_dir=state_dir, redis_server=redis_server,
         redis_url=redis_url, grace=grace, startup_timeout=startup_timeout)))
 

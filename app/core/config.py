@@ -2,10 +2,33 @@
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+import limits
+from pydantic import AfterValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+UNLIMITED = "unlimited"
+
+
+def parse_rate(text: str) -> limits.RateLimitItem | None:
+    """A rate in the limits library's notation ("60/minute"), or None for "unlimited"; ValueError names the rule."""
+    if text.strip().lower() == UNLIMITED:
+        return None
+    try:
+        return limits.parse(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a rate: write it as N/second, N/minute, N/hour or N/day "
+                         f"(e.g. \"60/minute\"), or {UNLIMITED!r}") from None
+
+
+def _rate(text: str) -> str:
+    parse_rate(text)
+    return text
+
+
+# A request rate (app.accounts.rate_limits), in a setting or a key's limits.
+Rate = Annotated[str, AfterValidator(_rate), Field(max_length=64)]
 
 
 class Settings(BaseSettings):
@@ -57,8 +80,8 @@ class Settings(BaseSettings):
     limit_dataset_bytes: int = Field(default=20 << 30, ge=0)
     # Requests per key on POST /jobs and POST /datasets, and on /predict and /v2/models/{id}/infer
     # (limits' notation: "60/minute", "10/second"; "unlimited").
-    limit_submit_rate: str = "60/minute"
-    limit_predict_rate: str = "100/second"
+    limit_submit_rate: Rate = "60/minute"
+    limit_predict_rate: Rate = "100/second"
     # A job's network (parameters), training memory (weights, gradients, optimizer state and one batch's
     # activations, estimated by spec.budget), epochs and attempts.
     limit_job_params: int = Field(default=200_000_000, ge=0)
@@ -160,14 +183,6 @@ class Settings(BaseSettings):
     dataset_max_image_pixels: int = Field(default=4096 * 4096, ge=1)
     # The decoded store, N x C x H x W bytes: past this, resize with image_size.
     dataset_max_store_bytes: int = Field(default=8 << 30, ge=1024)
-
-    @model_validator(mode="after")
-    def _rates_parse(self) -> "Settings":
-        from app.accounts.limits import parse_rate
-
-        parse_rate(self.limit_submit_rate)
-        parse_rate(self.limit_predict_rate)
-        return self
 
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> "Settings":

@@ -22,6 +22,9 @@ ATTEMPT_PREFIX = ".attempt-"
 TENSORBOARD = "tensorboard"
 EVENT_FILE_PREFIX = "events.out.tfevents."  # how TensorBoard's writers name their files
 
+# The admin API key `taas up` creates, in the state folder (app.local.admin_key; the client and the CLI read it).
+KEY_FILE = "api-key"
+
 # A folder per dataset under the datasets folder: the upload until it is ingested, then the store.
 ARCHIVE = "archive"
 STORE = "store.safetensors"

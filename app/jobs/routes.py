@@ -21,7 +21,6 @@ from app.core.tables import JobStatus
 from app.jobs import service as jobs
 from app.jobs import tensorboard_archive
 from app.jobs.schemas import EpochMetricPublic, JobPublic, JobRow, JobsPublic, LossesPublic, LossPublic, MetricsPublic
-from app.serving.loaded import ServedDep
 from app.web.deps import DbDep, RedisDep, SettingsDep
 from app.web.responses import error_responses, stream_file
 from spec.job import JobSpec
@@ -152,12 +151,14 @@ async def cancel_job(job_id: str, response: Response, db: DbDep, owner: OwnerDep
 
 @router.delete("/{job_id}", status_code=http_status.HTTP_204_NO_CONTENT, responses=error_responses(404, 409))
 async def delete_job(
-    job_id: str, db: DbDep, owner: OwnerDep, client: RedisDep, settings: SettingsDep, served: ServedDep,
+    job_id: str, request: Request, db: DbDep, owner: OwnerDep, client: RedisDep, settings: SettingsDep,
 ) -> Response:
     """Delete a job that is not running, with its losses, metrics and artifacts."""
     await db.run(lambda session: jobs.delete_job(session=session, client=client, owner=owner, job_id=job_id,
                                                  artifacts=settings.artifacts_path))
-    served.evict(job_id)
+    # What this process keeps of the job goes at once (the models it serves: app.main wires them here).
+    for forget in request.app.state.job_deleted:
+        forget(job_id)
     return Response(status_code=http_status.HTTP_204_NO_CONTENT)
 
 

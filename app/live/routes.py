@@ -13,7 +13,7 @@ from app.accounts.deps import AdminDep, OwnerDep
 from app.core.config import get_settings
 from app.core.errors import Unavailable
 from app.jobs import service as jobs
-from app.live import health, metrics
+from app.live import exposition, health
 from app.live.events import KEEPALIVE, JobEvents, Position
 from app.live.schemas import HealthPublic
 from app.web.deps import DbDep, RedisDep, SettingsDep
@@ -84,8 +84,8 @@ def _responses() -> dict[int | str, dict[str, Any]]:
 async def get_metrics(admin: AdminDep, db: DbDep, client: RedisDep, settings: SettingsDep) -> Response:
     """Requests, predictions, jobs, queues, epochs and workers, summed over the API processes (Prometheus)."""
     # Off the event loop: the processes' files, the database and Redis, read on one worker thread.
-    body = await db.read(lambda session: metrics.render(session=session, client=client, settings=settings))
-    return Response(body, media_type=metrics.CONTENT_TYPE)
+    body = await db.read(lambda session: exposition.render(session=session, client=client, settings=settings))
+    return Response(body, media_type=exposition.CONTENT_TYPE)
 
 
 router.include_router(events_router)

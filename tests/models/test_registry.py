@@ -4,7 +4,8 @@ from pydantic import ValidationError
 
 from bench.tutorial_loop import NeuralNetwork
 from models import build_model
-from spec.architectures import ARCHITECTURES, InputShape
+from spec.architectures import ARCHITECTURES
+from spec.networks.layers import InputShape
 
 FASHION = InputShape(1, 28, 28, 10)
 

@@ -1,4 +1,6 @@
-"""spec.budget against the real networks: exact parameter counts, activations as autograd keeps them."""
+"""spec.budget against the real networks: every registered architecture built with torch, its size (parameter
+count exact, activations as autograd keeps them) checked against spec.architectures' estimate; every optimizer's
+buffers against what torch keeps."""
 
 from typing import Any
 
@@ -7,10 +9,12 @@ import torch
 from torch import nn
 
 from models import build_model
-from spec.architectures import ARCHITECTURES, InputShape, misfit
-from spec.budget import ESTIMATORS, OPTIMIZER_BUFFERS, job_footprint, network_size
+from models.registry import BUILDERS
+from spec.architectures import ARCHITECTURES, misfit, network_size
+from spec.budget import job_footprint
 from spec.datasets import BUILTIN_DATASETS, DatasetInfo, ImageShape
 from spec.job import JobSpec
+from spec.networks.layers import InputShape
 from spec.training import OPTIMIZERS
 from worker.training.optim import OPTIMIZER_BUILDERS
 
@@ -26,16 +30,15 @@ SHAPES = [
     InputShape(1, 70, 64, 3),  # ResNet's ImageNet stem, on one channel
     InputShape(3, 224, 300, 1000),
 ]
-# Each architecture with its params, on every shape it accepts.
+# Every registered architecture with its default params, and some with others, on every shape it accepts: an
+# architecture added to spec.architectures is checked here without a line more.
 NETWORKS: list[tuple[str, dict[str, Any] | None]] = [
-    ("mlp", None),
+    *[(arch, None) for arch in ARCHITECTURES],
     ("mlp", {"hidden": [7]}),
     ("mlp", {"hidden": [100, 30, 1, 8192], "dropout": 0.2}),
     ("mlp", {"hidden": [5] * 8, "dropout": 0.5}),
-    ("mnist-mlp", None),
     ("mnist-mlp", {"hidden": 1}),
     ("mnist-mlp", {"hidden": 300}),
-    *[(arch, None) for arch in ("lenet5", "resnet18", "resnet34", "resnet50", "vgg11", "vgg11_bn")],
 ]
 CASES = [
     pytest.param(arch, params, s, id=f"{arch}{params or ''}-{s.channels}x{s.height}x{s.width}/{s.num_classes}")
@@ -74,9 +77,10 @@ def kept_for_backward(model: nn.Module, shape: InputShape, batch: int = 2) -> fl
     return sum(kept.values()) / batch
 
 
-def test_every_architecture_and_optimizer_has_an_estimate() -> None:
-    assert set(ESTIMATORS) == set(ARCHITECTURES)
-    assert set(OPTIMIZER_BUFFERS) == set(OPTIMIZERS)
+def test_every_architecture_and_optimizer_has_a_builder() -> None:
+    # Their estimates are part of their entries (spec.architectures, spec.training): none can lack one.
+    assert set(BUILDERS) == set(ARCHITECTURES)
+    assert set(OPTIMIZER_BUILDERS) == set(OPTIMIZERS)
 
 
 @pytest.mark.parametrize(("arch", "params", "shape"), CASES)
@@ -91,7 +95,7 @@ ACTIVATION_SHAPES = [InputShape(1, 28, 28, 10), InputShape(3, 9, 40, 5), InputSh
 ACTIVATION_CASES = [
     pytest.param(arch, params, s, id=f"{arch}{params or ''}-{s.channels}x{s.height}x{s.width}")
     for arch, params in [("mlp", None), ("mlp", {"hidden": [100, 30, 7], "dropout": 0.2}),
-                         ("mnist-mlp", {"hidden": 33}), *[(a, None) for a in ESTIMATORS if "mlp" not in a]]
+                         ("mnist-mlp", {"hidden": 33}), *[(a, None) for a in ARCHITECTURES if "mlp" not in a]]
     for s in [*ACTIVATION_SHAPES, InputShape(3, 16, 16, 2), InputShape(3, 8, 8, 2)]
     if misfit(arch, s.height, s.width) is None
 ]
@@ -118,7 +122,7 @@ def test_optimizer_buffers_are_what_torch_keeps(optimizer: dict[str, Any]) -> No
     # Per-parameter buffers; Adam's scalar step counters are not.
     kept = sum(t.numel() for state in opt.state.values() for key, t in state.items() if key != "step")
     params = sum(p.numel() for p in model.parameters())
-    assert kept == OPTIMIZER_BUFFERS[spec.optimizer.name](spec.optimizer) * params
+    assert kept == OPTIMIZERS[spec.optimizer.name].buffers(spec.optimizer) * params
 
 
 def test_tutorial_job_footprint() -> None:

@@ -5,13 +5,14 @@ import logging
 import shutil
 from typing import Any
 
+from celery import shared_task
+
 from app.core import storage
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
 from app.core.queue import INGEST_QUEUE, INGEST_TASK, queue_name
 from app.core.tables import DatasetStatus
 from spec.datasets import IngestOptions
-from worker.celery_app import celery_app
 from worker.ingest.decode import IngestFailed, IngestStopped, ingest, limits_of
 from worker.ingest.folders import remove_scratch
 from worker.ingest.lease import DATASETS, IngestClaim, IngestLease, claim_ingest, dataset_status
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 2000
 
 
-@celery_app.task(name=INGEST_TASK, ignore_result=True)
+@shared_task(name=INGEST_TASK, ignore_result=True)
 def ingest_dataset(dataset_id: str) -> str:
     """Ingest dataset `dataset_id` unless another worker holds it or it is done; returns what happened."""
     settings = get_settings()

@@ -84,7 +84,7 @@ def build_training(spec: JobSpec, *, data_root: Path, datasets_dir: Path, downlo
         interval = SCHEDULERS[spec.scheduler.name].interval
     return Training(model=model, optimizer=optimizer, loss_fn=loss_fn, train=train, test=test,
                     device=device, generator=generator, augment_generator=augment_generator, val=val,
-                    scheduler=scheduler, scheduler_interval=interval, config=spec.model_dump(mode="json"))
+                    scheduler=scheduler, scheduler_interval=interval)
 
 
 def run_job(spec: JobSpec, job_dir: Path, *, settings: Settings, hooks: Hooks | None = None) -> FitResult:

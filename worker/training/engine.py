@@ -6,7 +6,7 @@ Plain functions that take objects, return metrics and report through Hooks; they
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +41,6 @@ class Training:
     val: Batches | None = None
     scheduler: Scheduler | None = None
     scheduler_interval: Literal["epoch", "batch"] = "epoch"
-    config: dict[str, Any] = field(default_factory=dict)  # the job spec, kept in the checkpoint
 
 
 @dataclass(frozen=True)
@@ -260,5 +259,4 @@ def _checkpoint(t: Training, epoch: int, step: int, best_epoch: int | None, best
         "best_epoch": best_epoch,
         "best_loss": best_loss,
         "history": json.dumps([asdict(m) for m in history]),
-        "config": json.dumps(t.config),
     }

@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 import torch
+from celery import shared_task
 from redis.exceptions import RedisError
 
 from app.core import storage
@@ -29,7 +30,6 @@ from app.core.redis_client import redis_client
 from app.core.redis_keys import cancel_key, lease_key
 from app.core.tables import JobStatus
 from spec.job import JobSpec
-from worker.celery_app import celery_app
 from worker.leases.claims import finish, new_lease_owner
 from worker.leases.reaper import give_back
 from worker.process import process_index
@@ -40,7 +40,8 @@ from worker.training.engine import FitResult, TrainingDiverged
 from worker.training.heartbeat import Heartbeat
 from worker.training.hooks import CombinedHooks, Hooks
 from worker.training.jobs import JOBS, Claim, ClaimContended, claim_next, queue_of
-from worker.training.reporter import Reporter, record_artifacts
+from worker.training.records import record_artifacts
+from worker.training.reporter import Reporter
 from worker.training.tensorboard import TensorBoardWriter
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 2000
 
 
-@celery_app.task(name=TRAIN_TASK, ignore_result=True, bind=True)
+@shared_task(name=TRAIN_TASK, ignore_result=True, bind=True)
 def train_job(self: Any, job_id: str) -> str:
     """A unit of work in the queue of job `job_id`'s message: train the fair choice of that queue's jobs
     (see the module docstring); returns what happened."""

@@ -21,7 +21,7 @@ from prometheus_client.samples import Sample
 from app.core.db import session_scope
 from app.core.queue import enqueue_ingest, enqueue_training
 from app.core.tables import EpochMetric, JobStatus, new_id, utcnow
-from app.local.up import free_port
+from app.local.processes import free_port
 from app.main import create_app
 from app.server import metrics_folder
 from tests.app.harness import ApiEnv, add_job, api_client, api_key, bearer, reset_caches, write_weights

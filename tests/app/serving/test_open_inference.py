@@ -18,7 +18,7 @@ from tritonclient._plugin import InferenceServerClientPlugin
 from tritonclient.utils import InferenceServerException
 
 from app.core.tables import JobStatus
-from app.local.up import free_port
+from app.local.processes import free_port
 from tests.app.harness import ApiEnv, add_job, api_key, bearer, write_weights
 from tests.processes import Service, start_api, wait_healthy
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.core.tables import JobStatus
-from app.local.up import free_port
+from app.local.processes import free_port
 from tests.app.harness import ApiEnv, add_job, api_key, bearer, write_weights
 from tests.processes import Service, start_api, wait_healthy
 

@@ -117,7 +117,7 @@ def test_checkpoint_and_weights(settings: Settings, tmp_path: Path):
     result = run_job(spec(**SHUFFLED), job, settings=settings, hooks=rec)
     ckpt = load_checkpoint(job / CHECKPOINT)  # weights_only=True: no arbitrary unpickling
     assert ckpt["epoch"] == 3 and ckpt["step"] == 39
-    assert set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "best_loss", "best_epoch", "config"}
+    assert set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "best_loss", "best_epoch", "history"}
     val_losses = [m.val_loss for m in result.history]
     assert result.best_loss == min(val_losses)  # best by validation loss when there is a split
     assert result.best_epoch == val_losses.index(min(val_losses)) + 1

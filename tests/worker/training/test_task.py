@@ -31,7 +31,8 @@ from tests.processes import Service, service_env, start_worker, wait_for
 from tests.worker.conftest import read_job, wait_job_status
 from worker.training.build import run_job
 from worker.training.hooks import EpochMetrics, Hooks, LossChunk, RunInfo
-from worker.training.reporter import Reporter, records_of
+from worker.training.records import records_of
+from worker.training.reporter import Reporter
 
 TINY = {"dataset": {"name": "fashion-mnist"}, "model": {"arch": "mlp"}, "epochs": 2, "batch_size": 8}
 STEPS_PER_EPOCH = 512 // 8
