@@ -26,3 +26,11 @@ def test_ci_runs_the_readmes_test_command():
 def test_readme_lists_every_setting():
     documented = set(re.findall(r"`TAAS_([A-Z0-9_]+)`", README))
     assert {name.upper() for name in Settings.model_fields} <= documented
+
+
+def test_every_file_and_folder_the_readme_names_exists():
+    """The Layout section and the rest name modules and tests by path: none may be left behind by a move."""
+    named = set(re.findall(r"`((?:app|worker|spec|models|tests|bench|migrations|scripts)/[\w./<>-]*)`", README))
+    named = {path.split("`")[0] for path in named if "<" not in path}
+    missing = sorted(path for path in named if not (ROOT / path.rstrip("/")).exists())
+    assert named and not missing, missing

@@ -1,1 +1,2 @@
-"""Training side: the engine (a plain library) and the Celery tasks that wrap it."""
+"""The workers: the Celery app over two pipelines (training, ingest) over the one lease machinery they share
+(leases)."""

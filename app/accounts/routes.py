@@ -10,7 +10,7 @@ from app.accounts import audit, keys
 from app.accounts.deps import AdminDep
 from app.accounts.limits import EffectiveLimits, Limits
 from app.accounts.schemas import AuditEventPublic, AuditPublic, KeyCreate, KeyCreated, KeyPublic, KeysPublic
-from app.web.deps import DbDep, SettingsDep
+from app.web.deps import DbDep, PageCursor, PageLimit, SettingsDep
 from app.web.responses import error_responses
 
 router = APIRouter(responses=error_responses(401, 403))
@@ -33,8 +33,8 @@ async def list_keys(
     admin: AdminDep, db: DbDep, settings: SettingsDep,
     owner: Annotated[str | None, Query(max_length=64, description="Only this owner's keys.")] = None,
     revoked: Annotated[bool, Query(description="Include revoked keys.")] = False,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+    limit: PageLimit = 50,
+    cursor: PageCursor = None,
 ) -> KeysPublic:
     """List keys (never the keys themselves), newest first."""
     rows, next_cursor = await db.read(lambda session: keys.list_keys(
@@ -54,8 +54,8 @@ async def revoke_key(key_id: str, admin: AdminDep, db: DbDep) -> Response:
 async def list_audit(
     admin: AdminDep, db: DbDep, settings: SettingsDep,
     owner: Annotated[str | None, Query(max_length=64, description="Only this owner's requests.")] = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+    limit: PageLimit = 100,
+    cursor: PageCursor = None,
 ) -> AuditPublic:
     """State-changing requests: who (key, owner, client), what (method, route), which object, the outcome."""
     rows, next_cursor = await db.read(lambda session: audit.list_events(

@@ -1,0 +1,1 @@
+"""The dashboard (GET /) and the API docs (/docs), served from the package (static/)."""

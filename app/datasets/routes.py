@@ -1,9 +1,9 @@
 """Datasets: upload a labelled image archive, follow its ingest, list, inspect, delete."""
 
 import shutil
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi import status as http_status
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -15,7 +15,7 @@ from app.core.errors import InvalidSpec, TooManyRequests, UnsupportedMedia
 from app.core.tables import DatasetStatus, new_id
 from app.datasets import service as datasets
 from app.datasets.schemas import DatasetPublic, DatasetsPublic
-from app.web.deps import DbDep, SettingsDep
+from app.web.deps import DbDep, PageCursor, PageLimit, SettingsDep
 from app.web.responses import error_responses
 from app.web.streamed_form import receive_form
 from spec.datasets import IngestOptions
@@ -108,9 +108,8 @@ async def list_datasets(
     owner: OwnerDep,
     settings: SettingsDep,
     status: DatasetStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=10_000, description="Page size (capped at the server's "
-                                "page_size_max).")] = 50,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+    limit: PageLimit = 50,
+    cursor: PageCursor = None,
 ) -> DatasetsPublic:
     """List your datasets, newest first, optionally of one status."""
     rows, next_cursor = await db.read(lambda session: datasets.list_datasets(

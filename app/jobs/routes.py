@@ -21,7 +21,7 @@ from app.core.tables import JobStatus
 from app.jobs import service as jobs
 from app.jobs import tensorboard_archive
 from app.jobs.schemas import EpochMetricPublic, JobPublic, JobRow, JobsPublic, LossesPublic, LossPublic, MetricsPublic
-from app.web.deps import DbDep, RedisDep, SettingsDep
+from app.web.deps import DbDep, PageCursor, PageLimit, RedisDep, SettingsDep
 from app.web.responses import error_responses, stream_file
 from spec.job import JobSpec
 
@@ -48,9 +48,8 @@ async def list_jobs(
     owner: OwnerDep,
     settings: SettingsDep,
     status: JobStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=10_000, description="Page size (capped at the server's "
-                                "page_size_max).")] = 50,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+    limit: PageLimit = 50,
+    cursor: PageCursor = None,
 ) -> JobsPublic:
     """List your jobs, newest first, optionally of one status."""
     rows, next_cursor = await db.read(lambda session: jobs.list_jobs(
@@ -181,7 +180,8 @@ async def get_weights(
         return job.id, file, os.fstat(file.fileno()).st_size
 
     job_id, file, size = await db.read(open_file)
-    return stream_file(file, size, media_type="application/octet-stream", filename=f"{job_id}-{which}.safetensors")
+    return stream_file(file, size, media_type="application/octet-stream",
+                       filename=f"{job_id}-{storage.WEIGHT_FILES[which]}")
 
 
 @router.get(

@@ -1,0 +1,1 @@
+"""Watching the service live: a job's Server-Sent Events, Prometheus metrics, health."""

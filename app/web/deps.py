@@ -5,7 +5,7 @@ is only an attribute read."""
 from typing import Annotated
 
 import redis
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
 from app.core.config import Settings, get_settings
 from app.core.db import Database
@@ -28,3 +28,7 @@ async def get_redis(request: Request) -> redis.Redis:
 DbDep = Annotated[Database, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(settings_dep)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
+
+# The paging parameters of every listing (app.core.paging).
+PageLimit = Annotated[int, Query(ge=1, le=10_000, description="Page size (capped at the server's page_size_max).")]
+PageCursor = Annotated[str | None, Query(description="next_cursor of the previous page.")]
