@@ -6,7 +6,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app.accounts import keys
-from app.accounts.limits import UNLIMITED, Limits
+from app.accounts.limits import Limits
+from app.core.config import UNLIMITED
 from app.core.db import make_engine
 from app.core.storage import KEY_FILE
 

@@ -12,6 +12,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -63,7 +64,9 @@ def main() -> None:
                               "test_loss": [r[0] for r in reference], "test_accuracy": [r[1] for r in reference]},
         }
         spec = JobSpec.model_validate({"epochs": args.epochs, "seed": args.seed, "device": "cpu"})
-        for label, mode in (("engine_fast_path", "memory"), ("engine_dataloader_path", "loader")):
+        modes: list[tuple[str, Literal["memory", "loader"]]] = [("engine_fast_path", "memory"),
+                                                               ("engine_dataloader_path", "loader")]
+        for label, mode in modes:
             hooks = _Collect()
             settings = Settings(state_dir=work / mode, data_root=root, data_mode=mode)
             run_job(spec, work / mode / "job", settings=settings, hooks=hooks)

@@ -18,6 +18,7 @@ import signal
 import statistics
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -116,7 +117,7 @@ def main() -> None:
             process.send_signal(signal.SIGINT)
             process.wait(60)
         floor = statistics.median(off)
-        out = {
+        out: dict[str, Any] = {
             "benchmark": "fashion-mnist tutorial job (mlp, sgd 1e-3, batch 64), seconds per epoch (train + test)",
             **{name: {"epoch_seconds": [round(x, 3) for x in xs], "median_s": statistics.median(xs), "min_s": min(xs)}
                for name, xs in (("engine_reporting_off", off), ("engine_reporting_on", on), ("api_job", api))},

@@ -47,7 +47,7 @@ def test_loop(dataloader, model, loss_fn):
     model.eval()
     size = len(dataloader.dataset)
     num_batches = len(dataloader)
-    test_loss, correct = 0, 0
+    test_loss, correct = 0.0, 0.0
 
     with torch.no_grad():
         for X, y in dataloader:
@@ -74,7 +74,8 @@ def run_tutorial(root: Path, *, epochs: int, seed: int, learning_rate: float = 1
     model = NeuralNetwork()
     loss_fn = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
-    results, losses = [], []
+    results: list[tuple[float, float]] = []
+    losses: list[float] = []
     for t in range(epochs):
         train_loop(train_dataloader, model, loss_fn, optimizer, losses)
         results.append(test_loop(test_dataloader, model, loss_fn))
