@@ -11,9 +11,10 @@ from redis.exceptions import RedisError
 from sqlalchemy import Select, select
 from sqlalchemy.sql import FromClause
 
+from app.accounts.keys import PRINCIPAL_COLUMNS, PRINCIPAL_NAMES
 from app.core.batched_reads import BatchedLookup
 from app.core.loss_stream import LossStream
-from app.core.reads import Query, Reads, namespace
+from app.core.reads import Query, Reads, column_names, namespace
 from app.core.tables import ApiKey, Job, JobStatus, is_id
 from app.jobs.schemas import JobRow
 from app.jobs.service import owned_job
@@ -22,13 +23,14 @@ from app.jobs.service import owned_job
 LIVE_STEP_SECONDS = 0.05
 LIVE_STEP_ENTRIES = 4096
 
-KEYS, JOBS = ApiKey.__table__, Job.__table__
+JOBS = Job.__table__
+JOB_NAMES = column_names(JOBS.columns)
 
 
 def _key_and_job(r: FromClause) -> Select[Any]:
     # LEFT JOIN: a key without that job still authenticates (and the answer is 404).
-    return (select(r.c.key_hash, r.c.job_id, KEYS, JOBS)
-            .select_from(r.join(KEYS, ApiKey.key_hash == r.c.key_hash)
+    return (select(r.c.key_hash, r.c.job_id, *PRINCIPAL_COLUMNS, JOBS)
+            .select_from(r.join(ApiKey.__table__, ApiKey.key_hash == r.c.key_hash)
                          .outerjoin(JOBS, owned_job(owner=ApiKey.owner, job_id=r.c.job_id))))
 
 
@@ -38,7 +40,7 @@ def _owner_and_job(r: FromClause) -> Select[Any]:
 
 KEY_AND_JOB = Query(("key_hash", "job_id"), _key_and_job)
 OWNER_AND_JOB = Query(("owner", "job_id"), _owner_and_job)
-_KEY_COLUMNS = len(KEYS.columns)
+_KEY_COLUMNS = len(PRINCIPAL_COLUMNS)
 
 
 class JobReads:
@@ -70,13 +72,13 @@ class JobReads:
     async def _fetch_key_jobs(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, Any]]:
         found = {}
         for row in await self.reads.rows(KEY_AND_JOB, pairs):
-            key_row = namespace(KEYS, row[2:2 + _KEY_COLUMNS])
+            key_row = namespace(PRINCIPAL_NAMES, row[2:2 + _KEY_COLUMNS])
             job_values = row[2 + _KEY_COLUMNS:]
-            found[row[0], row[1]] = (key_row, namespace(JOBS, job_values) if job_values[0] is not None else None)
+            found[row[0], row[1]] = (key_row, namespace(JOB_NAMES, job_values) if job_values[0] is not None else None)
         return found
 
     async def _fetch_owner_jobs(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:
-        return {(row[0], row[1]): namespace(JOBS, row[2:]) for row in await self.reads.rows(OWNER_AND_JOB, pairs)}
+        return {(row[0], row[1]): namespace(JOB_NAMES, row[2:]) for row in await self.reads.rows(OWNER_AND_JOB, pairs)}
 
     async def live_step(self, job: JobRow) -> int | None:
         """Steps done according to the loss stream (ahead of the database, which the worker updates per epoch),
